@@ -1,0 +1,80 @@
+// Registers the CUDA kernels (gelu_kernels.cu) for gelu_ext::gelu and gelu_ext::gelu_backward: argument checks,
+// output layout, device guard and current stream here; the arithmetic in the kernels.
+#include <ATen/ATen.h>
+#include <c10/cuda/CUDAGuard.h>
+#include <c10/cuda/CUDAStream.h>
+#include <torch/library.h>
+
+#include "../gelu_op_common.h"
+#include "gelu_cuda.h"
+
+namespace gelu_ext {
+namespace {
+
+cuda::DType to_kernel_dtype(at::ScalarType t) {
+  switch (t) {
+    case at::kFloat:
+      return cuda::DType::kFloat32;
+    case at::kDouble:
+      return cuda::DType::kFloat64;
+    case at::kHalf:
+      return cuda::DType::kFloat16;
+    case at::kBFloat16:
+      return cuda::DType::kBFloat16;
+    default:
+      TORCH_CHECK_TYPE(false, "gelu_ext: unsupported dtype ", t);
+  }
+}
+
+void check_launch(cudaError_t status, const char* op) {
+  if (status == cudaSuccess) return;
+  if (status == cudaErrorNoKernelImageForDevice || status == cudaErrorInvalidDeviceFunction) {
+    int device = 0;
+    cudaDeviceProp props{};
+    cudaGetDevice(&device);
+    cudaGetDeviceProperties(&props, device);
+    TORCH_CHECK(false, op, ": gelu_ext has no kernel for this GPU (", props.name, ", sm_", props.major, props.minor,
+                "). Rebuild it for this architecture: TORCH_CUDA_ARCH_LIST=\"", props.major, ".", props.minor,
+                "\" pip install --no-build-isolation --force-reinstall --no-deps gelu_ext");
+  }
+  TORCH_CHECK(false, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
+}
+
+at::Tensor gelu_cuda(const at::Tensor& x_in, c10::string_view approximate) {
+  constexpr const char* kOp = "gelu_ext.gelu";
+  check_input(x_in, kOp, "x");
+  const Approximate mode = parse_approximate(approximate, kOp);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor out = empty_output_like(x_in);
+  const at::Tensor x = with_layout_of(x_in, out);
+  check_launch(cuda::launch_gelu_forward(x.const_data_ptr(), out.mutable_data_ptr(), out.numel(),
+                                         to_kernel_dtype(x.scalar_type()), mode,
+                                         c10::cuda::getCurrentCUDAStream()),
+               kOp);
+  return out;
+}
+
+at::Tensor gelu_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in, c10::string_view approximate) {
+  constexpr const char* kOp = "gelu_ext.gelu_backward";
+  check_input(grad_in, kOp, "grad_output");
+  check_input(x_in, kOp, "x");
+  check_same(grad_in, x_in, kOp);
+  const Approximate mode = parse_approximate(approximate, kOp);
+  const c10::cuda::CUDAGuard guard(x_in.device());
+  at::Tensor out = empty_output_like(x_in);
+  const at::Tensor x = with_layout_of(x_in, out);
+  const at::Tensor grad = with_layout_of(grad_in, out);
+  check_launch(cuda::launch_gelu_backward(grad.const_data_ptr(), x.const_data_ptr(), out.mutable_data_ptr(),
+                                          out.numel(), to_kernel_dtype(x.scalar_type()), mode,
+                                          c10::cuda::getCurrentCUDAStream()),
+               kOp);
+  return out;
+}
+
+}  // namespace
+}  // namespace gelu_ext
+
+TORCH_LIBRARY_IMPL(gelu_ext, CUDA, m) {
+  m.impl("gelu", &gelu_ext::gelu_cuda);
+  m.impl("gelu_backward", &gelu_ext::gelu_backward_cuda);
+}

@@ -1,0 +1,21 @@
+"""gelu_ext: an accurate, fast GELU for PyTorch.
+
+    >>> import torch, gelu_ext
+    >>> gelu_ext.gelu(torch.tensor([-10.0, 0.0, 1.0]))      # functional
+    >>> gelu_ext.GELU(approximate="tanh")                     # drop-in for torch.nn.GELU
+    >>> gelu_ext.GELUFunction.apply(x, "none")                # torch.autograd.Function
+
+All three run the C++/CUDA kernels registered as torch.ops.gelu_ext.gelu and torch.ops.gelu_ext.gelu_backward.
+"""
+
+from . import _extension  # loads the compiled ops first, with a clear error if the build does not match torch
+from . import ops as _ops  # noqa: F401  (registers fake kernels and autograd)
+from .function import GELUFunction
+from .modules import GELU
+from .ops import gelu, gelu_backward
+
+__version__ = "0.1.0"
+
+build_info = _extension.build_info
+
+__all__ = ["GELU", "GELUFunction", "__version__", "build_info", "gelu", "gelu_backward"]

@@ -1,0 +1,287 @@
+"""gelu_ext.gelu and gelu_backward: values, gradients, layouts, dtypes, errors, torch.library integration."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import gelu_ext
+from gelu_ext import _extension
+from gelu_ext.reference import gelu_derivative, gelu_reference
+from gelu_ext.testing import (
+    APPROXIMATE_MODES,
+    DERIVATIVE_ATOL,
+    DTYPES,
+    F_GELU_TOLERANCES,
+    REFERENCE_TOLERANCES,
+    devices,
+)
+
+SHAPES = [(), (0,), (1,), (7,), (1023,), (4097,), (3, 5, 7), (2, 0, 3)]
+LAYOUTS = ["contiguous", "transposed", "strided", "channels_last"]
+
+
+def make_input(shape, layout, dtype, device, scale=3.0):
+    """A tensor of `shape` (as seen by the op) in the given memory layout, values ~ N(0, scale^2)."""
+    if layout == "channels_last":
+        shape = (2, 3, 5, 7) if len(shape) != 4 else shape
+        x = torch.randn(shape, dtype=torch.float64, device=device) * scale
+        return x.to(dtype).contiguous(memory_format=torch.channels_last)
+    if layout == "transposed":
+        base = torch.randn(tuple(reversed(shape)), dtype=torch.float64, device=device) * scale
+        return base.to(dtype).permute(tuple(reversed(range(len(shape)))))
+    if layout == "strided":
+        big = torch.randn(*shape[:-1], 2 * shape[-1] + 1, dtype=torch.float64, device=device) if shape else None
+        if big is None:
+            return (torch.randn((), dtype=torch.float64, device=device) * scale).to(dtype)
+        return (big * scale).to(dtype)[..., 1::2]
+    return (torch.randn(shape, dtype=torch.float64, device=device) * scale).to(dtype)
+
+
+def assert_close_to_reference(actual, x, reference_fn, approximate):
+    atol, rtol = REFERENCE_TOLERANCES[actual.dtype]
+    expected = reference_fn(x.to(torch.float64), approximate)
+    torch.testing.assert_close(actual.to(torch.float64), expected, atol=atol, rtol=rtol, equal_nan=True)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("shape", SHAPES, ids=str)
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_forward_and_backward_matrix(device, dtype, shape, layout, approximate):
+    x = make_input(shape, layout, dtype, device)
+    expected_layout = F.gelu(x, approximate=approximate)
+
+    y = gelu_ext.gelu(x, approximate)
+    assert y.shape == x.shape and y.dtype == x.dtype and y.device == x.device
+    assert y.stride() == expected_layout.stride(), "output layout must match F.gelu's"
+    assert_close_to_reference(y, x, gelu_reference, approximate)
+    # F.gelu's tail (x < -4) is the inaccurate one (1 + erf cancels): compare where it is meaningful.
+    moderate = x.to(torch.float64) > -4
+    atol, rtol = F_GELU_TOLERANCES[dtype]
+    torch.testing.assert_close(y[moderate], expected_layout[moderate], atol=atol, rtol=rtol)
+
+    grad = torch.randn(x.shape, dtype=torch.float64, device=device).to(dtype)
+    dx = gelu_ext.gelu_backward(grad, x, approximate)
+    expected = grad.to(torch.float64) * gelu_derivative(x.to(torch.float64), approximate)
+    atol, rtol = REFERENCE_TOLERANCES[dtype]
+    # The product grad * f'(x) rounds once more than f'(x) alone. Next to the zero of f' (x ~ -0.75) no format
+    # has relative accuracy left; there the bound is absolute: 2^-24 for float32 (see DERIVATIVE_ATOL).
+    grad_scale = float(grad.abs().max()) if grad.numel() else 0.0
+    atol = max(atol, DERIVATIVE_ATOL.get(dtype, 0.0) * grad_scale)
+    torch.testing.assert_close(dx.to(torch.float64), expected, atol=atol, rtol=2 * rtol)
+    aten = torch.ops.aten.gelu_backward(grad, x, approximate=approximate)
+    atol, rtol = F_GELU_TOLERANCES[dtype]
+    torch.testing.assert_close(dx[moderate], aten[moderate], atol=atol, rtol=rtol)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_types_are_the_float32_result_rounded(device, dtype, approximate):
+    # every finite value of the 16-bit type
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+    x = bits.view(dtype).to(device)
+    x = x[x.isfinite()]
+    expected = gelu_ext.gelu(x.float(), approximate).to(dtype)
+    assert torch.equal(gelu_ext.gelu(x, approximate), expected)
+    grad = torch.randn(x.shape, device=device).to(dtype)
+    expected_grad = gelu_ext.gelu_backward(grad.float(), x.float(), approximate).to(dtype)
+    assert torch.equal(gelu_ext.gelu_backward(grad, x, approximate), expected_grad)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_special_values(device, dtype, approximate):
+    x = torch.tensor([math.inf, -math.inf, math.nan, 0.0, -0.0], dtype=dtype, device=device)
+    y = gelu_ext.gelu(x, approximate)
+    assert y[0] == math.inf
+    assert y[1] == 0.0 and math.copysign(1.0, y[1].item()) == -1.0, "gelu(-inf) is -0.0"
+    assert y[2].isnan()
+    assert y[3] == 0.0 and y[4] == 0.0
+    d = gelu_ext.gelu_backward(torch.ones_like(x), x, approximate)
+    assert d[0] == 1.0 and d[1] == 0.0 and d[2].isnan()
+    assert d[3] == 0.5 and d[4] == 0.5
+
+
+@pytest.mark.parametrize("device", devices())
+def test_autograd_paths_agree(device):
+    x = torch.randn(257, dtype=torch.float64, device=device, requires_grad=True)
+    for approximate in APPROXIMATE_MODES:
+        grads = []
+        for fn in (
+            lambda t, mode=approximate: gelu_ext.gelu(t, mode),
+            lambda t, mode=approximate: gelu_ext.GELUFunction.apply(t, mode),
+            gelu_ext.GELU(approximate),
+        ):
+            (g,) = torch.autograd.grad(fn(x).sin().sum(), x)
+            grads.append(g)
+        expected = torch.autograd.grad(F.gelu(x, approximate=approximate).sin().sum(), x)[0]
+        for g in grads:
+            torch.testing.assert_close(g, expected, atol=1e-12, rtol=1e-10)
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_gradcheck_and_gradgradcheck(device, approximate):
+    x = (torch.randn(31, dtype=torch.float64, device=device) * 3).requires_grad_()
+    grad = torch.randn(31, dtype=torch.float64, device=device, requires_grad=True)
+    for fn in (lambda t: gelu_ext.gelu(t, approximate), lambda t: gelu_ext.GELUFunction.apply(t, approximate)):
+        assert torch.autograd.gradcheck(fn, (x,))
+        assert torch.autograd.gradgradcheck(fn, (x,))
+    assert torch.autograd.gradcheck(lambda g, t: gelu_ext.gelu_backward(g, t, approximate), (grad, x))
+    assert torch.autograd.gradgradcheck(lambda g, t: gelu_ext.gelu_backward(g, t, approximate), (grad, x))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("dtype", DTYPES, ids=str)
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_opcheck(device, dtype, approximate):
+    x = make_input((3, 11), "transposed", dtype, device).requires_grad_(dtype.is_floating_point)
+    grad = torch.randn(x.shape, device=device).to(dtype)
+    torch.library.opcheck(torch.ops.gelu_ext.gelu.default, (x, approximate))
+    torch.library.opcheck(torch.ops.gelu_ext.gelu_backward.default, (grad, x.detach(), approximate))
+
+
+@pytest.mark.parametrize("device", devices())
+def test_torch_compile_fullgraph(device):
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(
+        torch.nn.Linear(16, 32), gelu_ext.GELU(), torch.nn.Linear(32, 32), gelu_ext.GELU("tanh"), torch.nn.Linear(32, 4)
+    ).to(device)
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    x = torch.randn(8, 16, device=device)
+    out = compiled(x)
+    torch.testing.assert_close(out, model(x))
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
+
+
+@pytest.mark.slow
+def test_torch_compile_inductor_cpu():
+    torch._dynamo.reset()
+    fn = torch.compile(lambda t: gelu_ext.gelu(t * 2, "none") + 1, fullgraph=True)
+    x = torch.randn(100, requires_grad=True)
+    y = fn(x)
+    torch.testing.assert_close(y, gelu_ext.gelu(x * 2) + 1)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, 2 * gelu_ext.gelu_backward(torch.ones(100), 2 * x.detach()))
+
+
+def test_module_is_a_drop_in_for_torch_nn_gelu():
+    for approximate in APPROXIMATE_MODES:
+        ours, theirs = gelu_ext.GELU(approximate), torch.nn.GELU(approximate)
+        assert repr(ours) == repr(theirs)
+        assert ours.state_dict() == theirs.state_dict() == {}
+    reference = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.GELU(), torch.nn.Linear(8, 2))
+    ours = torch.nn.Sequential(torch.nn.Linear(4, 8), gelu_ext.GELU(), torch.nn.Linear(8, 2))
+    ours.load_state_dict(reference.state_dict())
+    x = torch.randn(5, 4)
+    torch.testing.assert_close(ours(x), reference(x), atol=1e-6, rtol=1e-5)
+    assert gelu_ext.GELU().approximate == "none"
+
+
+def test_cpu_instruction_sets_are_bit_identical():
+    x = torch.cat([torch.randn(4099) * 4, torch.tensor([-30.0, -14.0, -9.9, 1e-30, -1e-30, 5e-39])])
+    grad = torch.randn(x.shape)
+    best = _extension._C.cpu_capability()
+    available = {"avx512": ["avx512", "avx2", "baseline"], "avx2": ["avx2", "baseline"]}.get(best, ["baseline"])
+    try:
+        results = {}
+        for isa in available:
+            _extension._C.set_cpu_capability(isa)
+            results[isa] = [gelu_ext.gelu(x, m) for m in APPROXIMATE_MODES]
+            results[isa] += [gelu_ext.gelu_backward(grad, x, m) for m in APPROXIMATE_MODES]
+        for isa in available:
+            for a, b in zip(results[isa], results[best], strict=True):
+                assert torch.equal(a, b), f"{isa} differs from {best}"
+    finally:
+        _extension._C.set_cpu_capability(best)
+    with pytest.raises(ValueError, match="unknown CPU capability"):
+        _extension._C.set_cpu_capability("sse9")
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Errors: a clear message naming the problem.
+# ----------------------------------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64], ids=str)
+def test_unsupported_dtype_is_named(dtype):
+    x = torch.ones(4, dtype=dtype)
+    with pytest.raises(TypeError, match=r"x has dtype .*but only float32, float64, float16 and bfloat16"):
+        gelu_ext.gelu(x)
+    with pytest.raises(TypeError, match="grad_output has dtype"):
+        gelu_ext.gelu_backward(x, torch.ones(4))
+
+
+def test_float8_is_rejected():
+    x = torch.ones(4).to(torch.float8_e4m3fn)
+    with pytest.raises(TypeError, match="Float8_e4m3fn"):
+        gelu_ext.gelu(x)
+
+
+@pytest.mark.parametrize("bad", ["fast", "Tanh", ""])
+def test_unknown_approximate_lists_the_modes(bad):
+    x = torch.ones(3)
+    with pytest.raises(ValueError, match=r'approximate must be "none" or "tanh"'):
+        gelu_ext.gelu(x, bad)
+    with pytest.raises(ValueError, match=r'approximate must be "none" or "tanh"'):
+        gelu_ext.gelu_backward(x, x, bad)
+    with pytest.raises(ValueError, match=r'approximate must be "none" or "tanh"'):
+        gelu_ext.GELU(bad)
+
+
+def test_backward_argument_mismatches():
+    with pytest.raises(ValueError, match=r"grad_output has shape \[3\] but x has shape \[4\]"):
+        gelu_ext.gelu_backward(torch.ones(3), torch.ones(4))
+    with pytest.raises(TypeError, match="grad_output has dtype Double but x has dtype Float"):
+        gelu_ext.gelu_backward(torch.ones(3, dtype=torch.float64), torch.ones(3))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# Property test: random shapes, strides and values, extremes included.
+# ----------------------------------------------------------------------------------------------------------------
+finite_or_special = st.one_of(
+    st.floats(width=32, allow_nan=True, allow_infinity=True),
+    st.floats(min_value=-20, max_value=20, width=32),
+    st.sampled_from([0.0, -0.0, -0.7518, 1e-38, -1e-45, 3.4e38, -3.4e38]),
+)
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    values=st.lists(finite_or_special, min_size=1, max_size=300),
+    step=st.integers(1, 3),
+    offset=st.integers(0, 2),
+    dtype=st.sampled_from(DTYPES),
+    approximate=st.sampled_from(APPROXIMATE_MODES),
+    as_matrix=st.booleans(),
+)
+def test_property_random_strides_and_values(values, step, offset, dtype, approximate, as_matrix):
+    base = torch.tensor(values, dtype=torch.float64).to(dtype)
+    x = base[offset::step] if offset < len(values) else base[:1]
+    if as_matrix and x.numel() % 2 == 0 and x.numel() > 0:
+        x = x.view(2, -1).t()
+    y = gelu_ext.gelu(x, approximate)
+    assert y.shape == x.shape
+    expected = gelu_reference(x.to(torch.float64), approximate)
+    atol, rtol = REFERENCE_TOLERANCES[dtype]
+    torch.testing.assert_close(
+        y.to(torch.float64), expected.to(dtype).to(torch.float64), atol=atol, rtol=rtol, equal_nan=True
+    )
+    d = gelu_ext.gelu_backward(torch.ones_like(x), x, approximate)
+    expected_d = gelu_derivative(x.to(torch.float64), approximate)
+    atol = max(atol, DERIVATIVE_ATOL.get(dtype, 0.0))
+    torch.testing.assert_close(
+        d.to(torch.float64), expected_d.to(dtype).to(torch.float64), atol=atol, rtol=2 * rtol, equal_nan=True
+    )

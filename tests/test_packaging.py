@@ -1,0 +1,99 @@
+"""Build and install: the wheel installs into a fresh virtual environment and works; setup.py's switches."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+import torch
+
+from gelu_ext._extension import _parse_archs
+
+ROOT = Path(__file__).resolve().parents[1]
+SMOKE = r"""
+import math, sys, torch, gelu_ext
+assert gelu_ext.__file__.startswith(sys.prefix), gelu_ext.__file__
+info = gelu_ext.build_info()
+assert info["with_cuda"] is False and info["torch"] == torch.__version__, info
+y = gelu_ext.gelu(torch.tensor([-10.0, 0.0, 1.0]))
+assert abs(y[0].item() - (-7.619853e-23)) < 1e-28 and y[1] == 0 and abs(y[2].item() - 0.8413447) < 1e-6, y
+key = torch._C.DispatchKeySet(torch._C.DispatchKey.CUDA)
+try:
+    torch.ops.gelu_ext.gelu.default.redispatch(key, torch.ones(2), "none")
+except RuntimeError as error:
+    assert "built without CUDA kernels" in str(error) and "GELU_EXT_FORCE_CUDA=1" in str(error), error
+else:
+    raise AssertionError("a CUDA call on a CPU-only build must fail")
+print("smoke ok")
+"""
+
+
+def _copy_sources(dest: Path) -> Path:
+    src = dest / "src"
+    ignore = shutil.ignore_patterns("build", ".venv", "*.so", "_build_config.py", "__pycache__", "data", "runs", ".git")
+    shutil.copytree(ROOT, src, ignore=ignore)
+    return src
+
+
+@pytest.mark.slow
+def test_wheel_installs_into_a_fresh_venv_and_works(tmp_path):
+    src = _copy_sources(tmp_path)
+    env = {**os.environ, "GELU_EXT_FORCE_CPU": "1", "MAX_JOBS": "2"}
+    wheels = tmp_path / "wheels"
+    subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--no-build-isolation", "--no-deps", "-q", "-w", str(wheels), str(src)],
+        check=True,
+        env=env,
+    )
+    (wheel,) = wheels.glob("gelu_ext-*.whl")
+
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    python = venv / "bin" / "python"
+    site = Path(
+        subprocess.check_output(
+            [python, "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"], text=True
+        ).strip()
+    )
+    # The fresh venv sees this environment's torch (a path entry only: no .pth hooks, so no editable gelu_ext).
+    (site / "torch_from_parent.pth").write_text(str(Path(torch.__file__).parents[1]) + "\n")
+    subprocess.run(
+        [sys.executable, "-m", "pip", "--python", str(python), "install", "-q", "--no-deps", str(wheel)], check=True
+    )
+    result = subprocess.run([python, "-c", SMOKE], capture_output=True, text=True, cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "smoke ok" in result.stdout
+
+
+def test_force_cuda_fails_loudly_without_a_toolkit(tmp_path):
+    env = {**os.environ, "GELU_EXT_FORCE_CUDA": "1", "CUDA_HOME": str(tmp_path / "no-cuda-here")}
+    result = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode != 0
+    assert "GELU_EXT_FORCE_CUDA is set but CUDA kernels cannot be built" in result.stderr
+
+
+def test_force_cpu_is_honoured():
+    env = {**os.environ, "GELU_EXT_FORCE_CPU": "1"}
+    result = subprocess.run([sys.executable, "setup.py", "--name"], cwd=ROOT, env=env, capture_output=True, text=True)
+    assert result.returncode == 0, result.stderr
+    assert "building CPU-only extension (GELU_EXT_FORCE_CPU is set)" in result.stdout
+
+
+def test_cuda_arch_list_parsing():
+    assert _parse_archs("7.5;8.0;8.6;8.9;9.0;10.0;12.0+PTX") == (
+        {(7, 5), (8, 0), (8, 6), (8, 9), (9, 0), (10, 0), (12, 0)},
+        {(12, 0)},
+    )
+    assert _parse_archs("9.0a 8.0") == ({(9, 0), (8, 0)}, set())
+
+
+def test_build_config_matches_running_torch():
+    from gelu_ext import _build_config
+
+    assert _build_config.TORCH_VERSION == torch.__version__
+    assert sysconfig.get_config_var("EXT_SUFFIX")
