@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Everything that needs a GPU, in one call: build for this GPU, run the tests (CUDA included), run them again
+# under compute-sanitizer memcheck and racecheck, then benchmark. Logs and CSVs go to $OUT (default gpu-results/).
+#
+#   bash benchmarks/run_gpu.sh            # on a machine with an NVIDIA GPU, nvcc and a CUDA build of torch
+#
+# Uses the python3 on PATH as it is (no virtual environment): torch, pytest, hypothesis and triton must be there.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+out=${OUT:-gpu-results}
+mkdir -p "$out"
+export PYTHONUNBUFFERED=1
+arch=$(python3 -c "import torch; m, n = torch.cuda.get_device_capability(); print(f'{m}.{n}')")
+status=0
+
+echo "== build for sm_${arch/./}"
+TORCH_CUDA_ARCH_LIST=${TORCH_CUDA_ARCH_LIST:-$arch} GELU_EXT_FORCE_CUDA=1 \
+  python3 setup.py -q build_ext --inplace > "$out/build.log" 2>&1 || { tail -30 "$out/build.log"; exit 1; }
+python3 -c "import gelu_ext; print(gelu_ext.build_info())"
+
+echo "== tests"
+python3 -m pytest -q -x -p no:cacheprovider tests/test_gelu.py tests/test_accuracy.py tests/test_gelu_cuda.py \
+  2>&1 | tee "$out/pytest.log" | tail -5 || status=1
+
+echo "== compute-sanitizer (memcheck, racecheck) over the CUDA tests"
+for tool in memcheck racecheck; do
+  compute-sanitizer --tool "$tool" --error-exitcode 9 python3 -m pytest -q -x -p no:cacheprovider \
+    tests/test_gelu_cuda.py -k "bit_for_bit or stream" > "$out/sanitizer-$tool.log" 2>&1
+  rc=$?
+  echo "$tool: exit $rc, $(grep -c 'ERROR SUMMARY: 0 errors' "$out/sanitizer-$tool.log") clean summaries," \
+       "$(grep -E '^=+ ERROR SUMMARY' "$out/sanitizer-$tool.log" | sort | uniq -c | tr '\n' ' ')"
+  [ $rc -eq 0 ] || status=1
+done
+
+echo "== benchmarks"
+python3 benchmarks/bench_gelu.py --device cuda --sizes 28 --dtypes float32 bfloat16 float16 --approximate none \
+  --csv "$out/cuda-2p28.csv" 2>&1 | grep -v "^W" | tee "$out/bench-2p28.txt" | tail -40
+python3 benchmarks/bench_gelu.py --device cuda --sizes 12 --dtypes float32 --modes fwdbwd --approximate none \
+  --csv "$out/cuda-2p12.csv" 2>&1 | grep -v "^W" | tail -8
+python3 benchmarks/bench_gelu.py --device cuda --accuracy 2>&1 | grep -v "^W" | tail -12
+exit $status

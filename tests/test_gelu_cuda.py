@@ -1,0 +1,80 @@
+"""CUDA-only behaviour: CPU/CUDA bit-identity, misaligned and huge tensors, streams and devices.
+
+The shared matrix in test_gelu.py and test_accuracy.py already runs every case on "cuda" when a GPU is present;
+this file adds what only a GPU has. On a machine without one it collects no tests.
+"""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import gelu_ext
+from gelu_ext.testing import APPROXIMATE_MODES, devices
+
+CUDA = "cuda" in devices()
+pytestmark = pytest.mark.skipif(not CUDA, reason="needs a GPU and a CUDA build of gelu_ext")
+BIT_IDENTICAL = [torch.float32, torch.float16, torch.bfloat16]  # float64 uses libm's vs CUDA's erfc
+
+
+def _values(n, dtype):
+    x = torch.randn(n, dtype=torch.float64) * 4
+    specials = torch.tensor([0.0, -0.0, float("inf"), -float("inf"), float("nan"), -13.9, -0.7518, 1e-30, -1e3])
+    return torch.cat([x, specials]).to(dtype)
+
+
+@pytest.mark.parametrize("dtype", BIT_IDENTICAL, ids=str)
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+@pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")  # 1 and 3: misaligned -> scalar kernel
+def test_cuda_matches_cpu_bit_for_bit(dtype, approximate, offset):
+    x = _values(100_003, dtype)[offset:]
+    g = torch.randn(x.shape).to(dtype)
+    xc, gc = x.cuda(), g.cuda()
+    assert xc.data_ptr() % 16 == (0 if offset == 0 else offset * x.element_size() % 16)
+    torch.testing.assert_close(gelu_ext.gelu(xc, approximate).cpu(), gelu_ext.gelu(x, approximate), atol=0, rtol=0,
+                               equal_nan=True)  # fmt: skip
+    torch.testing.assert_close(gelu_ext.gelu_backward(gc, xc, approximate).cpu(),
+                               gelu_ext.gelu_backward(g, x, approximate), atol=0, rtol=0, equal_nan=True)  # fmt: skip
+
+
+def test_runs_on_the_current_stream():
+    x = torch.randn(1 << 20, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        y = gelu_ext.gelu(x)
+        z = y * 2  # queued after the op on the same stream
+    torch.cuda.current_stream().wait_stream(side)
+    torch.testing.assert_close(z, 2 * gelu_ext.gelu(x))
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
+def test_non_default_device():
+    x = torch.randn(1000, device="cuda:1")
+    y = gelu_ext.gelu(x)
+    assert y.device == x.device
+    torch.testing.assert_close(y.cpu(), gelu_ext.gelu(x.cpu()), atol=0, rtol=0)
+
+
+def test_torch_compile_inductor_on_cuda():
+    torch._dynamo.reset()
+    model = torch.nn.Sequential(torch.nn.Linear(64, 64), gelu_ext.GELU("tanh"), torch.nn.Linear(64, 8)).cuda()
+    compiled = torch.compile(model, fullgraph=True)
+    x = torch.randn(32, 64, device="cuda")
+    torch.testing.assert_close(compiled(x), model(x))
+    compiled(x).sum().backward()
+
+
+@pytest.mark.large_gpu
+def test_more_than_2_to_the_31_elements():
+    n = 2**31 + 4099  # 64-bit indexing; odd tail for the scalar kernel
+    if torch.cuda.mem_get_info()[0] < 3 * n * 2 + (2 << 30):
+        pytest.skip("needs ~14 GiB of free GPU memory")
+    x = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_(-6, 6)
+    y = gelu_ext.gelu(x)
+    for part in (slice(0, 4096), slice(2**31 - 2048, 2**31 + 2048), slice(n - 4096, n)):
+        torch.testing.assert_close(y[part].cpu(), gelu_ext.gelu(x[part].cpu()), atol=0, rtol=0)
+    del y
+    d = gelu_ext.gelu_backward(x, x)
+    torch.testing.assert_close(d[-4096:].cpu(), gelu_ext.gelu_backward(x[-4096:].cpu(), x[-4096:].cpu()), atol=0,
+                               rtol=0)  # fmt: skip
