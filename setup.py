@@ -84,6 +84,7 @@ def _extension():
     ]
     sources = [
         "csrc/gelu_ops.cpp",
+        "csrc/gelu_autograd.cpp",
         "csrc/cpu/gelu_cpu.cpp",
     ]
     print(f"gelu_ext: building {'CUDA' if with_cuda else 'CPU-only'} extension ({reason})", flush=True)

@@ -119,17 +119,24 @@ constexpr double kTanhC1 = 1.5957691216057308;       // 2 sqrt(2 / pi)
 constexpr double kTanhC2 = 0.071354816272600250;     // 2 sqrt(2 / pi) * 0.044715
 constexpr double kClamp = 1.0e4;                     // |x| beyond this behaves like +-inf
 
-// 0.5 exp(-x^2/2) erfcx(|x|/sqrt(2)): Phi(x) for x < 0, 1 - Phi(x) for x >= 0. No cancellation anywhere.
-GELU_HOST_DEVICE double normal_tail(double xc) {
+// exp(-x^2/2), and the normal tail 0.5 exp(-x^2/2) erfcx(|x|/sqrt(2)): Phi(x) for x < 0, 1 - Phi(x) for x >= 0.
+// No cancellation anywhere.
+struct NormalParts {
+  double gauss;
+  double tail;
+};
+
+GELU_HOST_DEVICE NormalParts normal_parts(double xc) {
   const double ax = xc < 0.0 ? -xc : xc;
-  return 0.5 * exp_nonpositive(-0.5 * xc * xc) * erfcx_nonneg(ax * kSqrtHalf);
+  const double gauss = exp_nonpositive(-0.5 * xc * xc);
+  return {gauss, 0.5 * gauss * erfcx_nonneg(ax * kSqrtHalf)};
 }
 
 // gelu(x) = x Phi(x)
 GELU_HOST_DEVICE float gelu_erf(float x) {
   const double xd = x;
   const double xc = clamp_abs(xd, kClamp);
-  const double tail = normal_tail(xc);
+  const double tail = normal_parts(xc).tail;
   return static_cast<float>(xd < 0.0 ? xc * tail : xd * (1.0 - tail));
 }
 
@@ -137,9 +144,9 @@ GELU_HOST_DEVICE float gelu_erf(float x) {
 // x ~ -0.75, where the absolute error is ~1e-17.
 GELU_HOST_DEVICE float gelu_erf_derivative(float x) {
   const double xc = clamp_abs(static_cast<double>(x), kClamp);
-  const double tail = normal_tail(xc);
-  const double x_phi = xc * kInvSqrt2Pi * exp_nonpositive(-0.5 * xc * xc);
-  return static_cast<float>((xc < 0.0 ? tail : 1.0 - tail) + x_phi);
+  const NormalParts n = normal_parts(xc);
+  const double x_phi = xc * kInvSqrt2Pi * n.gauss;
+  return static_cast<float>((xc < 0.0 ? n.tail : 1.0 - n.tail) + x_phi);
 }
 
 // s = 2z and e = exp(-|s|) for the tanh mode: 0.5 (1 + tanh(z)) = sigmoid(s); e never overflows.

@@ -1,14 +1,13 @@
-"""The registered ops' Python side: fake (meta) kernels for torch.compile, and autograd.
+"""The registered ops' Python side: the functional API and the fake (meta) kernels torch.compile traces with.
 
-The schemas and the CPU/CUDA kernels are in csrc/. gelu_backward is an op of its own with its own autograd
-formula, so double backward (and higher) works.
+The schemas, the CPU/CUDA kernels and autograd are in csrc/ (autograd in C++: csrc/gelu_autograd.cpp, for the
+per-call cost on small tensors). gelu_backward is an op of its own with its own derivative, so double backward
+(and higher) works.
 """
 
 from __future__ import annotations
 
 import torch
-
-from .reference import gelu_second_derivative
 
 _gelu = torch.ops.gelu_ext.gelu.default
 _gelu_backward = torch.ops.gelu_ext.gelu_backward.default
@@ -43,34 +42,3 @@ def _empty_output_like(x):
     if x.numel() == 0:
         return x.new_empty(x.shape)
     return x.new_empty_strided(x.shape, torch._prims_common.compute_elementwise_output_strides(x))
-
-
-def _setup_gelu(ctx, inputs, output):
-    x, approximate = inputs
-    ctx.save_for_backward(x)
-    ctx.approximate = approximate
-
-
-def _gelu_autograd(ctx, grad):
-    (x,) = ctx.saved_tensors
-    return _gelu_backward(grad, x, ctx.approximate), None
-
-
-def _setup_gelu_backward(ctx, inputs, output):
-    grad_output, x, approximate = inputs
-    ctx.save_for_backward(grad_output, x)
-    ctx.approximate = approximate
-
-
-def _gelu_backward_autograd(ctx, grad):
-    grad_output, x = ctx.saved_tensors
-    grad_grad_output = grad_x = None
-    if ctx.needs_input_grad[0]:
-        grad_grad_output = _gelu_backward(grad, x, ctx.approximate)
-    if ctx.needs_input_grad[1]:
-        grad_x = grad * grad_output * gelu_second_derivative(x, ctx.approximate)
-    return grad_grad_output, grad_x, None
-
-
-torch.library.register_autograd("gelu_ext::gelu", _gelu_autograd, setup_context=_setup_gelu)
-torch.library.register_autograd("gelu_ext::gelu_backward", _gelu_backward_autograd, setup_context=_setup_gelu_backward)

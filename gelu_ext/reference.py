@@ -1,8 +1,7 @@
 """Pure-PyTorch GELU in numerically careful form: the reference the tests compare against.
 
 Used in float64 these are accurate to ~1e-15 relative over the whole range (unlike 0.5*x*(1+erf(x/sqrt(2))),
-which cancels for x < 0). They run in the input's dtype, and gelu_second_derivative also serves gelu_backward's
-autograd formula.
+which cancels for x < 0). They are written independently of the C++ code they check.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from hypothesis import strategies as st
 
 import gelu_ext
 from gelu_ext import _extension
-from gelu_ext.reference import gelu_derivative, gelu_reference
+from gelu_ext.reference import gelu_derivative, gelu_reference, gelu_second_derivative
 from gelu_ext.testing import (
     APPROXIMATE_MODES,
     DERIVATIVE_ATOL,
@@ -138,6 +138,17 @@ def test_gradcheck_and_gradgradcheck(device, approximate):
         assert torch.autograd.gradgradcheck(fn, (x,))
     assert torch.autograd.gradcheck(lambda g, t: gelu_ext.gelu_backward(g, t, approximate), (grad, x))
     assert torch.autograd.gradgradcheck(lambda g, t: gelu_ext.gelu_backward(g, t, approximate), (grad, x))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_double_backward_is_the_second_derivative(device, approximate):
+    x = torch.cat([torch.randn(200, dtype=torch.float64) * 4, torch.tensor([-30.0, 0.0, 30.0, math.inf, -math.inf])])
+    x = x.to(device).requires_grad_()
+    (dx,) = torch.autograd.grad(gelu_ext.gelu(x, approximate).sum(), x, create_graph=True)
+    (d2x,) = torch.autograd.grad(dx.sum(), x)
+    expected = gelu_second_derivative(x.detach(), approximate)
+    torch.testing.assert_close(d2x, expected, atol=1e-12, rtol=1e-10)
 
 
 @pytest.mark.parametrize("device", devices())
