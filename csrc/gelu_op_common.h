@@ -56,4 +56,33 @@ inline at::Tensor with_layout_of(const at::Tensor& t, const at::Tensor& out) {
   return same_layout(t, out) ? t : at::empty_like(out).copy_(t);
 }
 
+// The checked operands of one call, with the output allocated and the inputs in its layout.
+struct Operands {
+  at::Tensor out;
+  at::Tensor x;
+  at::Tensor grad;  // undefined for the forward op
+  Approximate mode;
+};
+
+inline Operands prepare_forward(const at::Tensor& x, c10::string_view approximate) {
+  constexpr const char* kOp = "gelu_ext.gelu";
+  check_input(x, kOp, "x");
+  const Approximate mode = parse_approximate(approximate, kOp);
+  at::Tensor out = empty_output_like(x);
+  at::Tensor x_laid_out = with_layout_of(x, out);
+  return {std::move(out), std::move(x_laid_out), at::Tensor(), mode};
+}
+
+inline Operands prepare_backward(const at::Tensor& grad, const at::Tensor& x, c10::string_view approximate) {
+  constexpr const char* kOp = "gelu_ext.gelu_backward";
+  check_input(grad, kOp, "grad_output");
+  check_input(x, kOp, "x");
+  check_same(grad, x, kOp);
+  const Approximate mode = parse_approximate(approximate, kOp);
+  at::Tensor out = empty_output_like(x);
+  at::Tensor x_laid_out = with_layout_of(x, out);
+  at::Tensor grad_laid_out = with_layout_of(grad, out);
+  return {std::move(out), std::move(x_laid_out), std::move(grad_laid_out), mode};
+}
+
 }  // namespace gelu_ext

@@ -23,8 +23,9 @@ def _check_mode(approximate: str) -> None:
 
 
 def _tanh_parts(xc: torch.Tensor):
+    """s = 2z, sigmoid(s) and ds/dx."""
     s = xc * (_TANH_C1 + _TANH_C2 * xc * xc)
-    return s, torch.sigmoid(s)
+    return s, torch.sigmoid(s), _TANH_C1 + 3.0 * _TANH_C2 * xc * xc
 
 
 def gelu_reference(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -32,7 +33,7 @@ def gelu_reference(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     _check_mode(approximate)
     xc = x.clamp(-_CLAMP, _CLAMP)
     if approximate == "tanh":
-        factor = _tanh_parts(xc)[1]
+        factor = torch.sigmoid(xc * (_TANH_C1 + _TANH_C2 * xc * xc))
     else:
         factor = 0.5 * torch.special.erfc(-xc * _SQRT_HALF)
     return torch.where(x < 0, xc, x) * factor
@@ -43,8 +44,7 @@ def gelu_derivative(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     _check_mode(approximate)
     xc = x.clamp(-_CLAMP, _CLAMP)
     if approximate == "tanh":
-        s, sig = _tanh_parts(xc)
-        ds = _TANH_C1 + 3.0 * _TANH_C2 * xc * xc
+        s, sig, ds = _tanh_parts(xc)
         return sig * (1.0 + xc * ds * torch.sigmoid(-s))
     return 0.5 * torch.special.erfc(-xc * _SQRT_HALF) + xc * _INV_SQRT_2PI * torch.exp(-0.5 * xc * xc)
 
@@ -54,8 +54,7 @@ def gelu_second_derivative(x: torch.Tensor, approximate: str = "none") -> torch.
     _check_mode(approximate)
     xc = x.clamp(-_CLAMP, _CLAMP)
     if approximate == "tanh":
-        s, sig = _tanh_parts(xc)
-        ds = _TANH_C1 + 3.0 * _TANH_C2 * xc * xc
+        s, sig, ds = _tanh_parts(xc)
         sig_1m = sig * torch.sigmoid(-s)  # sigmoid'(s) = sigmoid(s) (1 - sigmoid(s))
         return sig_1m * (2.0 * ds + xc * ((1.0 - 2.0 * sig) * ds * ds + 6.0 * _TANH_C2 * xc))
     return _INV_SQRT_2PI * torch.exp(-0.5 * xc * xc) * (2.0 - xc * xc)

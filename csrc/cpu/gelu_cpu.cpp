@@ -172,52 +172,41 @@ void prefault_with_huge_pages(const at::Tensor& out) {
 // ~100 floating-point operations per element: 16K elements is ~20 us of work, enough to amortize a task.
 constexpr int64_t kGrainSize = 16384;
 
-at::Tensor gelu_cpu(const at::Tensor& x_in, c10::string_view approximate) {
-  constexpr const char* kOp = "gelu_ext.gelu";
-  check_input(x_in, kOp, "x");
-  const Approximate mode = parse_approximate(approximate, kOp);
-  at::Tensor out = empty_output_like(x_in);
-  prefault_with_huge_pages(out);
-  const at::Tensor x = with_layout_of(x_in, out);
-  const int64_t n = out.numel();
+at::Tensor gelu_cpu(const at::Tensor& x, c10::string_view approximate) {
+  const Operands ops = prepare_forward(x, approximate);
+  prefault_with_huge_pages(ops.out);
+  const int64_t n = ops.out.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gelu_ext_gelu_cpu", [&] {
-    const scalar_t* src = x.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* src = ops.x.const_data_ptr<scalar_t>();
+    scalar_t* dst = ops.out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
-      if (mode == Approximate::kTanh) {
+      if (ops.mode == Approximate::kTanh) {
         forward_span<GeluForward<Approximate::kTanh>>(src + begin, dst + begin, end - begin);
       } else {
         forward_span<GeluForward<Approximate::kNone>>(src + begin, dst + begin, end - begin);
       }
     });
   });
-  return out;
+  return ops.out;
 }
 
-at::Tensor gelu_backward_cpu(const at::Tensor& grad_in, const at::Tensor& x_in, c10::string_view approximate) {
-  constexpr const char* kOp = "gelu_ext.gelu_backward";
-  check_input(grad_in, kOp, "grad_output");
-  check_input(x_in, kOp, "x");
-  check_same(grad_in, x_in, kOp);
-  const Approximate mode = parse_approximate(approximate, kOp);
-  at::Tensor out = empty_output_like(x_in);
-  prefault_with_huge_pages(out);
-  const at::Tensor x = with_layout_of(x_in, out);
-  const at::Tensor grad = with_layout_of(grad_in, out);
-  const int64_t n = out.numel();
+at::Tensor gelu_backward_cpu(const at::Tensor& grad, const at::Tensor& x, c10::string_view approximate) {
+  const Operands ops = prepare_backward(grad, x, approximate);
+  prefault_with_huge_pages(ops.out);
+  const int64_t n = ops.out.numel();
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gelu_ext_gelu_backward_cpu", [&] {
-    const scalar_t* g = grad.const_data_ptr<scalar_t>();
-    const scalar_t* src = x.const_data_ptr<scalar_t>();
-    scalar_t* dst = out.mutable_data_ptr<scalar_t>();
+    const scalar_t* g = ops.grad.const_data_ptr<scalar_t>();
+    const scalar_t* src = ops.x.const_data_ptr<scalar_t>();
+    scalar_t* dst = ops.out.mutable_data_ptr<scalar_t>();
     at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
-      if (mode == Approximate::kTanh) {
+      if (ops.mode == Approximate::kTanh) {
         backward_span<GeluBackward<Approximate::kTanh>>(g + begin, src + begin, dst + begin, end - begin);
       } else {
         backward_span<GeluBackward<Approximate::kNone>>(g + begin, src + begin, dst + begin, end - begin);
       }
     });
   });
-  return out;
+  return ops.out;
 }
 
 }  // namespace

@@ -40,35 +40,25 @@ void check_launch(cudaError_t status, const char* op) {
   TORCH_CHECK(false, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }
 
-at::Tensor gelu_cuda(const at::Tensor& x_in, c10::string_view approximate) {
-  constexpr const char* kOp = "gelu_ext.gelu";
-  check_input(x_in, kOp, "x");
-  const Approximate mode = parse_approximate(approximate, kOp);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor out = empty_output_like(x_in);
-  const at::Tensor x = with_layout_of(x_in, out);
-  check_launch(cuda::launch_gelu_forward(x.const_data_ptr(), out.mutable_data_ptr(), out.numel(),
-                                         to_kernel_dtype(x.scalar_type()), mode,
+at::Tensor gelu_cuda(const at::Tensor& x, c10::string_view approximate) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Operands ops = prepare_forward(x, approximate);
+  check_launch(cuda::launch_gelu_forward(ops.x.const_data_ptr(), ops.out.mutable_data_ptr(), ops.out.numel(),
+                                         to_kernel_dtype(x.scalar_type()), ops.mode,
                                          c10::cuda::getCurrentCUDAStream()),
-               kOp);
-  return out;
+               "gelu_ext.gelu");
+  return ops.out;
 }
 
-at::Tensor gelu_backward_cuda(const at::Tensor& grad_in, const at::Tensor& x_in, c10::string_view approximate) {
-  constexpr const char* kOp = "gelu_ext.gelu_backward";
-  check_input(grad_in, kOp, "grad_output");
-  check_input(x_in, kOp, "x");
-  check_same(grad_in, x_in, kOp);
-  const Approximate mode = parse_approximate(approximate, kOp);
-  const c10::cuda::CUDAGuard guard(x_in.device());
-  at::Tensor out = empty_output_like(x_in);
-  const at::Tensor x = with_layout_of(x_in, out);
-  const at::Tensor grad = with_layout_of(grad_in, out);
-  check_launch(cuda::launch_gelu_backward(grad.const_data_ptr(), x.const_data_ptr(), out.mutable_data_ptr(),
-                                          out.numel(), to_kernel_dtype(x.scalar_type()), mode,
+at::Tensor gelu_backward_cuda(const at::Tensor& grad, const at::Tensor& x, c10::string_view approximate) {
+  const c10::cuda::CUDAGuard guard(x.device());
+  const Operands ops = prepare_backward(grad, x, approximate);
+  check_launch(cuda::launch_gelu_backward(ops.grad.const_data_ptr(), ops.x.const_data_ptr(),
+                                          ops.out.mutable_data_ptr(), ops.out.numel(),
+                                          to_kernel_dtype(x.scalar_type()), ops.mode,
                                           c10::cuda::getCurrentCUDAStream()),
-               kOp);
-  return out;
+               "gelu_ext.gelu_backward");
+  return ops.out;
 }
 
 }  // namespace
