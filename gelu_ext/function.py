@@ -20,7 +20,7 @@ class GELUFunction(torch.autograd.Function):
 
     @staticmethod
     def setup_context(ctx, inputs, output):
-        x, approximate = (*inputs, "none")[:2]
+        x, approximate = (*inputs, "none")[:2]  # apply(x) leaves approximate at its default
         ctx.save_for_backward(x)
         ctx.approximate = approximate
 

@@ -27,10 +27,11 @@ def _values(n, dtype):
 @pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
 @pytest.mark.parametrize("offset", [0, 1, 3], ids=lambda o: f"offset{o}")  # 1 and 3: misaligned -> scalar kernel
 def test_cuda_matches_cpu_bit_for_bit(dtype, approximate, offset):
-    x = _values(100_003, dtype)[offset:]
-    g = torch.randn(x.shape).to(dtype)
-    xc, gc = x.cuda(), g.cuda()
-    assert xc.data_ptr() % 16 == (0 if offset == 0 else offset * x.element_size() % 16)
+    # slice on the GPU: the views start `offset` elements into 16-byte-aligned allocations
+    xc = _values(100_003, dtype).cuda()[offset:]
+    gc = torch.randn(100_012, device="cuda").to(dtype)[offset : offset + xc.numel()]
+    x, g = xc.cpu(), gc.cpu()
+    assert xc.data_ptr() % 16 == offset * xc.element_size() % 16
     torch.testing.assert_close(gelu_ext.gelu(xc, approximate).cpu(), gelu_ext.gelu(x, approximate), atol=0, rtol=0,
                                equal_nan=True)  # fmt: skip
     torch.testing.assert_close(gelu_ext.gelu_backward(gc, xc, approximate).cpu(),

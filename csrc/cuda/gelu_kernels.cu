@@ -11,6 +11,8 @@
 #include <cuda_fp16.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <type_traits>
 
 #include "gelu_cuda.h"
 
