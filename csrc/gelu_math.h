@@ -1,8 +1,9 @@
 // GELU and its derivative, both modes, as scalar functions shared by the CPU and CUDA kernels.
 //
-// This is the only place the math lives. Both backends include it, so they cannot drift; built with
-// -ffp-contract=off on the host and --fmad=false on the device, the float results are bit-identical
-// across CPU instruction sets and between CPU and CUDA.
+// This is the only place the math lives. Both backends include it, so they cannot drift. Built with
+// -ffp-contract=off on the host and --fmad=false on the device, every operation rounds the same way, so the
+// float results are bit-identical across CPU instruction sets (tests/test_gelu.py) and are meant to be between
+// CPU and CUDA (tests/test_gelu_cuda.py checks it on a GPU).
 //
 // Why not 0.5 * x * (1 + erf(x / sqrt(2))) as in ATen?
 //   * For x < 0, 1 + erf(.) cancels: F.gelu has no correct bits below x = -5 and is ~2,000 ulp off in [-3, 3].

@@ -5,7 +5,6 @@
 #include <torch/extension.h>
 
 #include <string>
-#include <vector>
 
 #include "gelu_op_common.h"
 

@@ -61,6 +61,8 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="augmentation: translate each training image by up to this many pixels (0: off)")  # fmt: skip
     p.add_argument("--train-subset", type=int, default=None, help="use only the first N training images")
     p.add_argument("--test-subset", type=int, default=None, help="use only the first N test images")
+    p.add_argument("--compile", action="store_true",
+                   help="torch.compile the model (fewer kernel launches: LeNet on a GPU is launch-bound)")  # fmt: skip
     p.add_argument("--stop-after", type=int, default=None, metavar="N",
                    help="stop after N epochs as if killed (last.pt is kept for --resume)")  # fmt: skip
     p.add_argument("--no-progress", action="store_true", help="no tqdm progress bar")
@@ -259,6 +261,8 @@ def train(args) -> dict:
             print(f"resumed from {last_path} after epoch {start_epoch}")
 
     net = DistributedDataParallel(model) if world > 1 else model
+    if args.compile:
+        net = torch.compile(net, fullgraph=world == 1)
     writer = None
     if main_process:
         from torch.utils.tensorboard import SummaryWriter

@@ -111,6 +111,13 @@ def test_torchrun_two_processes_on_cpu(tmp_path):
     assert (tmp_path / "ckpt" / "best.pt").exists()
 
 
+@pytest.mark.slow
+def test_compiled_training_matches_eager(tmp_path):
+    eager = run_train(tmp_path / "eager", "--epochs", "1", "--train-subset", "1024")
+    compiled = run_train(tmp_path / "compiled", "--epochs", "1", "--train-subset", "1024", "--compile")
+    assert compiled["history"][0]["test_accuracy"] == pytest.approx(eager["history"][0]["test_accuracy"], abs=0.01)
+
+
 def test_dataloader_path_trains(tmp_path):
     summary = run_train(tmp_path, "--epochs", "1", "--loader", "dataloader")
     assert summary["best_accuracy"] > 0.8
