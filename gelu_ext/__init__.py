@@ -9,10 +9,9 @@ All three run the C++/CUDA kernels registered as torch.ops.gelu_ext.gelu and tor
 """
 
 from . import _extension  # loads the compiled ops first, with a clear error if the build does not match torch
-from . import ops as _ops  # noqa: F401  (registers fake kernels and autograd)
 from .function import GELUFunction
 from .modules import GELU
-from .ops import gelu, gelu_backward
+from .ops import gelu, gelu_backward  # importing ops also registers the fake kernels
 
 __version__ = "0.1.0"
 

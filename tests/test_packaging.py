@@ -6,12 +6,12 @@ import os
 import shutil
 import subprocess
 import sys
-import sysconfig
 from pathlib import Path
 
 import pytest
 import torch
 
+import gelu_ext
 from gelu_ext._extension import _parse_archs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -96,4 +96,4 @@ def test_build_config_matches_running_torch():
     from gelu_ext import _build_config
 
     assert _build_config.TORCH_VERSION == torch.__version__
-    assert sysconfig.get_config_var("EXT_SUFFIX")
+    assert (_build_config.CUDA_ARCHS is not None) == gelu_ext.build_info()["with_cuda"]
