@@ -35,11 +35,9 @@ def make_input(shape, layout, dtype, device, scale=3.0):
     if layout == "transposed":
         base = torch.randn(tuple(reversed(shape)), dtype=torch.float64, device=device) * scale
         return base.to(dtype).permute(tuple(reversed(range(len(shape)))))
-    if layout == "strided":
-        big = torch.randn(*shape[:-1], 2 * shape[-1] + 1, dtype=torch.float64, device=device) if shape else None
-        if big is None:
-            return (torch.randn((), dtype=torch.float64, device=device) * scale).to(dtype)
-        return (big * scale).to(dtype)[..., 1::2]
+    if layout == "strided" and shape:
+        wide = torch.randn(*shape[:-1], 2 * shape[-1] + 1, dtype=torch.float64, device=device) * scale
+        return wide.to(dtype)[..., 1::2]  # every other element, from an odd offset
     return (torch.randn(shape, dtype=torch.float64, device=device) * scale).to(dtype)
 
 
