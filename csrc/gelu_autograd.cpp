@@ -1,15 +1,14 @@
 // Autograd for both ops, registered in C++ under the Autograd dispatch key.
 //
 // Why C++ and not torch.library.register_autograd in Python: on small tensors the Python round trip of a
-// Python-registered backward costs more than the kernels (measured on 2^12 float32 elements on the CPU:
-// forward+backward 31 us with the Python registration against 21 us for F.gelu).
+// Python-registered backward costs as much as the kernels (measured on 2^12 float32 elements on the CPU,
+// forward+backward: 34 us with the Python registration, 24 us with this one, F.gelu 31 us).
 //
 // gelu' is the gelu_backward op (a kernel). gelu_backward is differentiable too: its derivative in x needs
 // gelu'', written here with ATen ops so that every further order is differentiable as well.
 #include <torch/autograd.h>
 #include <torch/library.h>
 
-#include <cmath>
 #include <string>
 
 #include "gelu_op_common.h"
