@@ -1,44 +1,75 @@
 """Speed and accuracy of gelu_ext against F.gelu, torch.compile(F.gelu), the lab report's composite and a copy.
 
     python benchmarks/bench_gelu.py                                  # CPU sweep 2^10..2^24, float32, both modes
-    python benchmarks/bench_gelu.py --sizes 24 --modes fwd bwd       # the issue's 2^24 figures only
+    python benchmarks/bench_gelu.py --sizes 24 --modes fwd bwd       # the 2^24 figures only
+    python benchmarks/bench_gelu.py --isa avx2                       # as on a CPU without AVX-512 (see below)
     python benchmarks/bench_gelu.py --device cuda --dtypes float32 bfloat16 float16   # 2^10..2^28
     python benchmarks/bench_gelu.py --accuracy                       # max ulp error per provider and range
 
 Effective bandwidth counts the fewest bytes each pass must move: forward reads and writes N elements (2N),
 backward reads grad and x and writes N (3N), forward+backward through autograd 5N. The copy provider (dst.copy_(src),
-2N) is the memory ceiling every row is compared with. Inputs are fresh random normals (never zeros); for sizes that
-fit in the last-level cache, several input sets are rotated so that repeats do not time the cache.
-Rows go to a CSV (--csv) with the device, torch version, git commit, thread count and time; plot.py draws it.
+2N) is the memory ceiling every row is compared with, measured in the same run.
+
+Memory regimes (CPU, --memory): every provider allocates its outputs, so the allocator is part of what a call costs.
+`warm` makes glibc keep freed memory mapped and reuse it (mallopt: no mmap, no trimming), as in a training loop
+whose activations recycle the same blocks; `fresh` makes every allocation of 128 KiB or more a new mmap, whose
+pages fault on first touch (the cost of a process's first pass over a tensor). Both providers always run under the
+same setting. PyTorch's own THP_MEM_ALLOC_ENABLE=1 (huge pages for large CPU tensors) applies to every op alike.
+
+--isa avx2 re-runs the benchmark with gelu_ext's, ATen's and oneDNN's CPU code limited to AVX2
+(GELU_EXT_CPU_CAPABILITY, ATEN_CPU_CAPABILITY, ONEDNN_MAX_CPU_ISA): F.gelu's erf forward on contiguous float
+tensors is oneDNN's JIT kernel, which otherwise picks AVX-512 by itself.
+
+Inputs are random normals rotated through up to 16 sets (--input-sets), so a repeat does not find its input in the
+first-level caches; below ~2^18 elements the whole working set still fits in the last-level cache, so those rows time
+cache-resident data (as when the previous layer has just written it). --input-sets 1 keeps the input in cache at
+every size, where arithmetic rather than memory sets the time. Every provider is validated before timing
+and a sample of its output at the timed size is checked against the float64 reference after timing. The compile
+provider is compiled afresh for every configuration, and a recompilation or a call that did not run a compiled
+graph is an error, not a silent fallback to eager. Rows go to a CSV (--csv) with the device, instruction sets,
+torch version, git commit, thread count and time; every ratio in it is computable from rows of the same file.
+plot.py draws it.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import csv
+import ctypes
 import datetime
 import math
+import os
 import platform
 import subprocess
 import sys
-import tempfile
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 import gelu_ext
-from gelu_ext.reference import gelu_derivative, gelu_reference
-from gelu_ext.testing import every_finite_float32, ulp_error
+from gelu_ext.reference import gelu_derivative, gelu_derivative_terms, gelu_reference
+from gelu_ext.testing import derivative_ulp_error, every_finite_float32, ulp_error
 
 HERE = Path(__file__).resolve().parent
 PROVIDERS = ("gelu_ext", "aten", "compile", "composite", "copy")
 MODES = ("fwd", "bwd", "fwdbwd")
+MEMORY_REGIMES = ("fresh", "warm")  # fresh first: see set_memory_regime
 BYTES_PER_ELEMENT_PASS = {"fwd": 2, "bwd": 3, "fwdbwd": 5}
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-CSV_FIELDS = ("device", "device_name", "torch", "git_commit", "threads", "timestamp", "provider", "mode",
-              "approximate", "dtype", "size", "ms", "gbps", "pct_of_copy", "speedup_vs_aten")  # fmt: skip
-ROTATE_BELOW_BYTES = 256 * 2**20  # rotate input sets until the working set exceeds any cache
+CSV_FIELDS = ("device", "device_name", "isa", "torch", "git_commit", "threads", "timestamp", "memory", "provider",
+              "mode", "approximate", "dtype", "size", "ms", "gbps", "pct_of_copy", "speedup_vs_aten")  # fmt: skip
+MAX_INPUT_SETS = 16
+ROTATE_BELOW_BYTES = 256 * 2**20
+ISA_ENV = {"GELU_EXT_CPU_CAPABILITY": "avx2", "ATEN_CPU_CAPABILITY": "avx2", "ONEDNN_MAX_CPU_ISA": "AVX2"}
+
+# Error bounds of the post-timing check, in float32 ulp (gelu_ext: its contract, tests/test_accuracy.py) or as a
+# relative tolerance for the providers that cancel (F.gelu: ~2,000 ulp in [-3, 3]; the composite: ~100 ulp, worse in
+# the tail, which N(0, 1) inputs reach rarely).
+# grad * gelu'(x) rounds once more than gelu'(x), and its scale can sit a binade lower: 2 ulp more than the contract.
+GELU_EXT_ULP_BOUND = {"fwd": 4.0, "bwd": 10.0, "fwdbwd": 10.0}
+OTHER_RTOL = {torch.float32: 2e-3, torch.bfloat16: 2e-2, torch.float16: 4e-3}
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -71,40 +102,67 @@ class _Composite(torch.autograd.Function):
         return composite_backward(grad, x, ctx.approximate), None
 
 
-_compiled = {}
-
-
-def compiled(kind):
-    if kind not in _compiled:
-        fn = (
-            F.gelu
-            if kind == "fwd"
-            else (lambda g, x, approximate: torch.ops.aten.gelu_backward(g, x, approximate=approximate))
-        )
-        _compiled[kind] = torch.compile(fn, dynamic=False)
-    return _compiled[kind]
+def _aten_backward(g, x, approximate):
+    return torch.ops.aten.gelu_backward(g, x, approximate=approximate)
 
 
 def forward_fn(provider):
     return {
         "gelu_ext": gelu_ext.gelu,
         "aten": lambda x, a: F.gelu(x, approximate=a),
-        "compile": lambda x, a: compiled("fwd")(x, approximate=a),
         "composite": composite_forward,
     }[provider]
 
 
 def backward_fn(provider):
-    return {
-        "gelu_ext": gelu_ext.gelu_backward,
-        "aten": lambda g, x, a: torch.ops.aten.gelu_backward(g, x, approximate=a),
-        "compile": lambda g, x, a: compiled("bwd")(g, x, a),
-        "composite": composite_backward,
-    }[provider]
+    return {"gelu_ext": gelu_ext.gelu_backward, "aten": _aten_backward, "composite": composite_backward}[provider]
 
 
-def autograd_fn(provider):
-    return _Composite.apply if provider == "composite" else forward_fn(provider)
+class CompiledProvider:
+    """torch.compile of F.gelu / aten.gelu_backward, compiled afresh for one configuration.
+
+    dynamo keeps its cache per code object: one compiled function serving every size, dtype and mode would hit the
+    recompile limit and silently run eagerly. So each configuration starts from torch._dynamo.reset(), is compiled
+    with fullgraph=True, must produce a graph, and may not recompile while it is timed.
+    """
+
+    def __init__(self, kind):
+        torch._dynamo.reset()
+        torch._dynamo.utils.counters.clear()
+        self.fn = torch.compile(F.gelu if kind != "bwd" else _aten_backward, dynamic=False, fullgraph=True)
+
+    @contextlib.contextmanager
+    def timed(self):
+        if torch._dynamo.utils.counters["stats"]["unique_graphs"] < 1:
+            raise RuntimeError("the compile provider ran eagerly: torch.compile produced no graph")
+        with torch._dynamo.config.patch(error_on_recompile=True):
+            yield
+
+
+# ------------------------------------------------------------------------------------------------------------------
+# Memory regimes (glibc malloc settings, process-wide, so every provider runs under the same one)
+# ------------------------------------------------------------------------------------------------------------------
+_M_TRIM_THRESHOLD, _M_MMAP_THRESHOLD, _M_MMAP_MAX = -1, -3, -4
+
+
+def set_memory_regime(regime: str) -> None:
+    """Warm: freed memory stays mapped and is reused. Fresh: large blocks are mmap'd per allocation and unmapped when
+    freed, and the heap's free pages are handed back to the OS first (malloc_trim), so nothing a warm phase left
+    behind serves a fresh allocation. (Even so, fresh runs first: a warm phase grows the heap.)"""
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
+    except (OSError, AttributeError) as error:
+        raise SystemExit(f"--memory needs glibc (mallopt) to control the allocator: {error}") from error
+    if regime == "warm":
+        settings = [(_M_MMAP_MAX, 0), (_M_TRIM_THRESHOLD, 2**31 - 1)]
+    else:
+        settings = [(_M_MMAP_MAX, 65536), (_M_MMAP_THRESHOLD, 128 * 1024), (_M_TRIM_THRESHOLD, 128 * 1024)]
+    for param, value in settings:
+        if mallopt(ctypes.c_int(param), ctypes.c_int(value)) != 1:
+            raise SystemExit(f"mallopt({param}, {value}) failed")
+    if regime == "fresh":
+        malloc_trim(ctypes.c_size_t(0))
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -117,7 +175,7 @@ def make_inputs(size, dtype, device, count):
 
 
 def make_callable(provider, mode, approximate, sets):
-    """A no-argument callable that runs one pass, rotating through the input sets."""
+    """A no-argument callable running one pass on the next input set; returns (output, x, grad) of that pass."""
     state = {"i": 0}
 
     def next_set():
@@ -127,50 +185,62 @@ def make_callable(provider, mode, approximate, sets):
     if provider == "copy":
         dsts = [torch.empty_like(x) for x, _ in sets]
 
-        def run():
-            x, _ = next_set()
-            dsts[state["i"]].copy_(x)
-
-        return run
-    if mode == "fwd":
-        fn = forward_fn(provider)
-        return lambda: fn(next_set()[0], approximate)
-    if mode == "bwd":
-        fn = backward_fn(provider)
-
-        def run():
+        def run_copy():
             x, g = next_set()
-            return fn(g, x, approximate)
+            return dsts[state["i"]].copy_(x), x, g
 
-        return run
-    fn = autograd_fn(provider)
-    leaves = [(x.clone().requires_grad_(), g) for x, g in sets]
+        return run_copy
+    compiled = CompiledProvider(mode) if provider == "compile" else None
+    if mode == "fwd":
+        fn = compiled.fn if compiled else forward_fn(provider)
 
-    def run():
-        state["i"] = (state["i"] + 1) % len(leaves)
-        x, g = leaves[state["i"]]
-        fn(x, approximate).backward(g)
-        x.grad = None
+        def run_fwd():
+            x, g = next_set()
+            return fn(x, approximate=approximate) if compiled else fn(x, approximate), x, g
 
+        run = run_fwd
+    elif mode == "bwd":
+        fn = compiled.fn if compiled else backward_fn(provider)
+
+        def run_bwd():
+            x, g = next_set()
+            return fn(g, x, approximate), x, g
+
+        run = run_bwd
+    else:
+        fn = _Composite.apply if provider == "composite" else forward_fn("aten" if compiled else provider)
+        if compiled:
+            fn = compiled.fn
+        leaves = [(x.clone().requires_grad_(), g) for x, g in sets]
+
+        def run_fwdbwd():
+            state["i"] = (state["i"] + 1) % len(leaves)
+            x, g = leaves[state["i"]]
+            (fn(x, approximate=approximate) if compiled else fn(x, approximate)).backward(g)
+            grad, x.grad = x.grad, None
+            return grad, x.detach(), g
+
+        run = run_fwdbwd
+    run.compiled = compiled
     return run
 
 
 def time_ms(run, device) -> float:
     for _ in range(3):  # warm-up: compilation, allocator, first-touch
         run()
-    if device.type == "cuda":
-        try:
-            from triton.testing import do_bench
+    compiled = getattr(run, "compiled", None)
+    with compiled.timed() if compiled else contextlib.nullcontext():
+        if device.type == "cuda":
+            try:
+                from triton.testing import do_bench
 
-            return float(do_bench(run, warmup=25, rep=200, return_mode="median"))
-        except ImportError:
-            return _cuda_events_ms(run)
-    from torch.utils.benchmark import Timer
+                return float(do_bench(run, warmup=25, rep=200, return_mode="median"))
+            except ImportError:
+                return _cuda_events_ms(run)
+        from torch.utils.benchmark import Timer
 
-    measurement = Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads()).blocked_autorange(
-        min_run_time=0.5
-    )
-    return measurement.median * 1e3
+        timer = Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
+        return timer.blocked_autorange(min_run_time=0.5).median * 1e3
 
 
 def _cuda_events_ms(run, repeats=100):
@@ -186,28 +256,74 @@ def _cuda_events_ms(run, repeats=100):
 
 
 def validate(provider, approximate, dtype, device):
-    """Validation before timing: every provider computes GELU (on the moderate range where all are accurate)."""
+    """Before timing: every provider computes GELU (on the moderate range where all of them are accurate)."""
     x = torch.linspace(-4, 4, 1001, device=device).to(dtype)
     g = torch.randn_like(x)
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     ref_y = gelu_reference(x.double(), approximate)
     ref_dx = g.double() * gelu_derivative(x.double(), approximate)
-    if provider == "copy":
-        return
+    if provider in ("copy", "compile"):
+        return  # the copy computes nothing; compile is checked per configuration, after timing
     torch.testing.assert_close(forward_fn(provider)(x, approximate).double(), ref_y, atol=tol, rtol=tol)
     torch.testing.assert_close(backward_fn(provider)(g, x, approximate).double(), ref_dx, atol=4 * tol, rtol=tol)
 
 
+def check_timed_output(provider, mode, approximate, run, samples=4096):
+    """After timing: a sample of the output at the timed size, against the float64 reference."""
+    if provider == "copy":
+        out, x, _ = run()
+        assert torch.equal(out, x), "copy provider: the destination differs from the source"
+        return
+    out, x, g = run()
+    index = torch.randint(0, x.numel(), (samples,), device=x.device)
+    xs, gs, ys = x.flatten()[index], g.flatten()[index], out.flatten()[index]
+    if mode == "fwd":
+        reference = gelu_reference(xs.double(), approximate)
+    else:  # bwd and fwdbwd: grad * gelu'(x)
+        reference = gs.double() * gelu_derivative(xs.double(), approximate)
+    where = f"{provider} {mode} approximate={approximate} at {x.numel()} elements"
+    if provider == "gelu_ext" and x.dtype == torch.float32:
+        if mode == "fwd":
+            err = ulp_error(ys, reference)
+        else:  # grad * d, in ulp of grad * (the larger of d's two terms); the product rounds once more
+            first, second = gelu_derivative_terms(xs.double(), approximate)
+            scale = gs.double().abs() * torch.maximum(first.abs(), second.abs())
+            err = ulp_error(ys, gs.double() * (first + second), scale)
+        bound = GELU_EXT_ULP_BOUND[mode]
+        if float(err.max()) > bound:
+            raise AssertionError(f"{where}: {float(err.max()):.2f} ulp, above {bound}")
+        return
+    rtol = OTHER_RTOL.get(x.dtype, 1e-3) * (4 if provider == "composite" else 1)
+    torch.testing.assert_close(ys.double(), reference, atol=rtol, rtol=rtol, msg=lambda m: f"{where}: {m}")
+
+
+def cpu_name() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment(device):
     try:
-        commit = subprocess.check_output(["git", "rev-parse", "--short", "HEAD"], cwd=HERE, text=True,
+        commit = subprocess.check_output(["git", "describe", "--always", "--dirty", "--abbrev=7"], cwd=HERE, text=True,
                                          stderr=subprocess.DEVNULL).strip()  # fmt: skip
     except (OSError, subprocess.CalledProcessError):
         commit = "unknown"
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    if device.type == "cuda":
+        name, isa = torch.cuda.get_device_name(device), "cuda"
+    else:
+        name = cpu_name()
+        onednn = os.environ.get("ONEDNN_MAX_CPU_ISA", "native")
+        isa = (f"gelu_ext={gelu_ext.build_info()['cpu_capability']} aten={torch.backends.cpu.get_cpu_capability()} "
+               f"onednn={onednn}")  # fmt: skip
     return {
         "device": device.type,
         "device_name": name,
+        "isa": isa,
         "torch": torch.__version__,
         "git_commit": commit,
         "threads": torch.get_num_threads(),
@@ -218,51 +334,56 @@ def environment(device):
 def sweep(args, device):
     env = environment(device)
     rows = []
-    for dtype_name in args.dtypes:
-        dtype = DTYPES[dtype_name]
-        for approximate in args.approximate:
-            for provider in args.providers:
-                validate(provider, approximate, dtype, device)
-            for log2 in args.sizes:
-                size = 2**log2
-                elem = torch.tensor([], dtype=dtype).element_size()
-                count = max(1, min(16, ROTATE_BELOW_BYTES // (3 * size * elem)))
-                sets = make_inputs(size, dtype, device, count)
-                timings = {}
-                for mode in args.modes:
-                    for provider in args.providers:
-                        timings[(provider, mode)] = time_ms(make_callable(provider, mode, approximate, sets), device)
-                copy_ms = timings.get(("copy", args.modes[0])) or time_ms(
-                    make_callable("copy", "fwd", approximate, sets), device
-                )
-                copy_gbps = 2 * size * elem / copy_ms / 1e6
-                for mode in args.modes:
-                    for provider in args.providers:
-                        ms = timings[(provider, mode)]
-                        passes = 2 if provider == "copy" else BYTES_PER_ELEMENT_PASS[mode]
-                        gbps = passes * size * elem / ms / 1e6
-                        aten_ms = timings.get(("aten", mode))
-                        rows.append({**env, "provider": provider, "mode": mode, "approximate": approximate,
-                                     "dtype": dtype_name, "size": size, "ms": round(ms, 5), "gbps": round(gbps, 2),
-                                     "pct_of_copy": round(100 * gbps / copy_gbps, 1),
-                                     "speedup_vs_aten": speedup(aten_ms, ms, provider)})  # fmt: skip
-                        print_row(rows[-1])
+    for memory in sorted(args.memory, key=MEMORY_REGIMES.index) if device.type == "cpu" else args.memory:
+        if device.type == "cpu":
+            set_memory_regime(memory)
+        for dtype_name in args.dtypes:
+            dtype = DTYPES[dtype_name]
+            for approximate in args.approximate:
+                for provider in args.providers:
+                    validate(provider, approximate, dtype, device)
+                for log2 in args.sizes:
+                    rows += time_configuration(args, device, env, memory, dtype_name, approximate, 2**log2)
     return rows
 
 
-def speedup(aten_ms, ms, provider):
-    return round(aten_ms / ms, 3) if aten_ms and provider != "copy" else ""
+def time_configuration(args, device, env, memory, dtype_name, approximate, size):
+    dtype = DTYPES[dtype_name]
+    elem = torch.tensor([], dtype=dtype).element_size()
+    count = max(1, min(args.input_sets, ROTATE_BELOW_BYTES // (3 * size * elem)))
+    sets = make_inputs(size, dtype, device, count)
+    timings = {}
+    for mode in args.modes:
+        for provider in args.providers:
+            run = make_callable(provider, mode, approximate, sets)
+            timings[(provider, mode)] = time_ms(run, device)
+            check_timed_output(provider, mode, approximate, run)
+    copy_gbps = 2 * size * elem / timings[("copy", args.modes[0])] / 1e6
+    rows = []
+    for mode in args.modes:
+        for provider in args.providers:
+            ms = timings[(provider, mode)]
+            passes = 2 if provider == "copy" else BYTES_PER_ELEMENT_PASS[mode]
+            gbps = passes * size * elem / ms / 1e6
+            aten_ms = timings[("aten", mode)]
+            rows.append({**env, "memory": memory if device.type == "cpu" else "cached", "provider": provider,
+                         "mode": mode, "approximate": approximate, "dtype": dtype_name, "size": size,
+                         "ms": round(ms, 5), "gbps": round(gbps, 2), "pct_of_copy": round(100 * gbps / copy_gbps, 1),
+                         "speedup_vs_aten": round(aten_ms / ms, 3) if provider != "copy" else ""})  # fmt: skip
+            print_row(rows[-1])
+    return rows
 
 
 def print_row(row):
     if not getattr(print_row, "header", False):
-        print(f"{'provider':>10} {'mode':>6} {'approx':>6} {'dtype':>8} {'size':>10} {'ms':>10} {'GB/s':>8} "
-              f"{'% copy':>7} {'vs aten':>8}")  # fmt: skip
+        print(f"{'memory':>6} {'provider':>10} {'mode':>6} {'approx':>6} {'dtype':>8} {'size':>6} {'ms':>10} "
+              f"{'GB/s':>8} {'% copy':>7} {'vs aten':>8}")  # fmt: skip
         print_row.header = True
     speed = f"{row['speedup_vs_aten']:.2f}x" if row["speedup_vs_aten"] != "" else "-"
     size = f"2^{int(math.log2(row['size']))}"
-    print(f"{row['provider']:>10} {row['mode']:>6} {row['approximate']:>6} {row['dtype']:>8} {size:>10}"
-          f"{row['ms']:>10.4f} {row['gbps']:>8.1f} {row['pct_of_copy']:>7.1f} {speed:>8}", flush=True)  # fmt: skip
+    print(f"{row['memory']:>6} {row['provider']:>10} {row['mode']:>6} {row['approximate']:>6} {row['dtype']:>8} "
+          f"{size:>6}{row['ms']:>10.4f} {row['gbps']:>8.1f} {row['pct_of_copy']:>7.1f} {speed:>8}",
+          flush=True)  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------------------------------
@@ -271,54 +392,38 @@ def print_row(row):
 RANGES = {"[-3, 3]": (-3, 3), "[-5, -3]": (-5, -3), "[-8, -5]": (-8, -5), "[3, 10]": (3, 10)}
 
 
-def derivative_error(result, reference):
-    """Max ulp error of a derivative, not counting points within 2^-24 absolute (issue #2's criterion next to the
-    derivative's zero at x ~ -0.75, where no float format keeps relative accuracy)."""
-    err = ulp_error(result, reference)
-    within_abs = (result.double() - reference).abs() <= 2.0**-24
-    return float(torch.where(within_abs, torch.zeros_like(err), err).max())
-
-
 def accuracy_table(device, approximate_modes):
+    """Max float32 ulp error of each provider per range: forward, and (in brackets) the derivative, measured in ulp of
+    the larger of the two terms it sums (gelu_ext.testing.derivative_ulp_error): the result's own ulp everywhere but
+    next to its zero at x ~ -0.75."""
     inputs = {
         name: torch.linspace(lo, hi, 1_000_001, dtype=torch.float32, device=device) for name, (lo, hi) in RANGES.items()
     }
     inputs["finite (sampled)"] = every_finite_float32(stride=997).to(device)
-    print("max |error| in float32 ulp against a float64 reference: forward (derivative: ulp, or 0 where the absolute")
-    print("error is <= 2^-24). inf: a NaN or infinity where the true value is finite.")
+    print("max |error| in float32 ulp against a float64 reference: forward (derivative, in ulp of the larger of its")
+    print("two terms). inf: a NaN or infinity where the true value is finite.")
     print(f"{'provider':>10} {'approx':>6} " + " ".join(f"{name:>22}" for name in inputs))
+    compiled = {"fwd": torch.compile(F.gelu), "bwd": torch.compile(_aten_backward)}
+    fns = {
+        "gelu_ext": (gelu_ext.gelu, gelu_ext.gelu_backward),
+        "aten": (forward_fn("aten"), _aten_backward),
+        "compile": (lambda x, a: compiled["fwd"](x, approximate=a), compiled["bwd"]),
+        "composite": (composite_forward, composite_backward),
+    }
     results = []
     for approximate in approximate_modes:
-        for provider in ("gelu_ext", "aten", "compile", "composite"):
+        for provider, (fwd_fn, bwd_fn) in fns.items():
             cells = []
             for name, x in inputs.items():
-                y = forward_fn(provider)(x, approximate)
-                d = backward_fn(provider)(torch.ones_like(x), x, approximate)
+                y = fwd_fn(x, approximate)
+                d = bwd_fn(torch.ones_like(x), x, approximate)
                 fwd = float(ulp_error(y, gelu_reference(x.double(), approximate)).max())
-                bwd = derivative_error(d, gelu_derivative(x.double(), approximate))
+                bwd = float(derivative_ulp_error(d, x, approximate).max())
                 cells.append(f"{fwd:.3g} ({bwd:.3g})")
                 results.append({"provider": provider, "approximate": approximate, "range": name, "fwd_ulp": fwd,
                                 "bwd_ulp": bwd})  # fmt: skip
             print(f"{provider:>10} {approximate:>6} " + " ".join(f"{c:>22}" for c in cells), flush=True)
     return results
-
-
-def isolated_sweep(args):
-    """One subprocess per provider; rows of F.gelu and the copy come from the first one only."""
-    rows = []
-    candidates = [p for p in args.providers if p not in ("aten", "copy")] or ["aten"]
-    for i, provider in enumerate(candidates):
-        with tempfile.TemporaryDirectory() as tmp:
-            csv_path = Path(tmp) / "rows.csv"
-            cmd = [sys.executable, __file__, "--device", args.device, "--providers", provider, "--csv", str(csv_path),
-                   "--sizes", *map(str, args.sizes), "--dtypes", *args.dtypes, "--approximate", *args.approximate,
-                   "--modes", *args.modes]  # fmt: skip
-            if args.threads:
-                cmd += ["--threads", str(args.threads)]
-            subprocess.run(cmd, check=True)
-            with open(csv_path, newline="") as f:
-                rows += [r for r in csv.DictReader(f) if i == 0 or r["provider"] == provider]
-    return rows
 
 
 def parse_args(argv=None):
@@ -329,16 +434,20 @@ def parse_args(argv=None):
     p.add_argument("--approximate", nargs="+", choices=["none", "tanh"], default=["none", "tanh"])
     p.add_argument("--providers", nargs="+", choices=PROVIDERS, default=list(PROVIDERS))
     p.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
+    p.add_argument("--memory", nargs="+", choices=MEMORY_REGIMES, default=list(MEMORY_REGIMES),
+                   help="CPU allocator regimes to time (see above); ignored on CUDA")  # fmt: skip
+    p.add_argument("--isa", choices=["native", "avx2"], default="native",
+                   help="avx2: limit gelu_ext, ATen and oneDNN to AVX2, as on most users' CPUs")  # fmt: skip
+    p.add_argument("--input-sets", type=int, default=MAX_INPUT_SETS,
+                   help="input sets to rotate through (1: the input stays in cache)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
     p.add_argument("--csv", type=Path, help="where to write the rows (default benchmarks/results/<device>-<time>.csv)")
     p.add_argument("--accuracy", action="store_true", help="print the ulp-error table instead of timing")
-    p.add_argument("--isolate", action="store_true",
-                   help="time each provider in a fresh process, beside F.gelu and the copy: on the CPU, large "
-                        "outputs cost page faults whose price depends on what the process did before")  # fmt: skip
     args = p.parse_args(argv)
     cpu = args.device == "cpu"
     args.sizes = args.sizes or list(range(10, 25 if cpu else 29, 2))
     args.dtypes = args.dtypes or (["float32"] if cpu else list(DTYPES))
+    args.memory = args.memory if cpu else ["cached"]
     # F.gelu first and the copy ceiling last, in every run: the ratios are always side by side in one process.
     args.providers = ["aten", *(p for p in args.providers if p not in ("aten", "copy")), "copy"]
     return args
@@ -346,6 +455,10 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in ISA_ENV.items()):
+        # The instruction sets are fixed at library load: run again in a process that starts with them set.
+        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
+        return subprocess.run(cmd, env={**os.environ, **ISA_ENV}, check=True).returncode
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU is available")
     if args.threads:
@@ -354,7 +467,7 @@ def main(argv=None):
     torch.manual_seed(0)
     if args.accuracy:
         return accuracy_table(device, args.approximate)
-    rows = isolated_sweep(args) if args.isolate else sweep(args, device)
+    rows = sweep(args, device)
     path = args.csv or HERE / "results" / f"{args.device}-{datetime.datetime.now():%Y%m%d-%H%M%S}.csv"
     path.parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w", newline="") as f:

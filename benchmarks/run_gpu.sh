@@ -33,9 +33,10 @@ for tool in memcheck racecheck; do
 done
 
 echo "== benchmarks"
-python3 benchmarks/bench_gelu.py --device cuda --sizes 28 --dtypes float32 bfloat16 float16 --approximate none \
-  --csv "$out/cuda-2p28.csv" 2>&1 | grep -v "^W" | tee "$out/bench-2p28.txt" | tail -40
+python3 benchmarks/kernel_ops.py --arch "sm_${arch/./}" 2>&1 | tee "$out/kernel-ops.txt" | tail -20
+python3 benchmarks/bench_gelu.py --device cuda --sizes 28 --dtypes float32 bfloat16 float16 --approximate none tanh \
+  --csv "$out/cuda-2p28.csv" 2>&1 | tee "$out/bench-2p28.txt" | tail -80
 python3 benchmarks/bench_gelu.py --device cuda --sizes 12 --dtypes float32 --modes fwdbwd --approximate none \
-  --csv "$out/cuda-2p12.csv" 2>&1 | grep -v "^W" | tail -8
-python3 benchmarks/bench_gelu.py --device cuda --accuracy 2>&1 | grep -v "^W" | tail -12
+  --csv "$out/cuda-2p12.csv" 2>&1 | tail -8
+python3 benchmarks/bench_gelu.py --device cuda --accuracy 2>&1 | tail -12
 exit $status

@@ -1,23 +1,40 @@
 // GELU and its derivative, both modes, as scalar functions shared by the CPU and CUDA kernels.
 //
-// This is the only place the math lives. Both backends include it, so they cannot drift. Built with
-// -ffp-contract=off on the host and --fmad=false on the device, every operation rounds the same way, so the
-// float results are bit-identical across CPU instruction sets (tests/test_gelu.py) and are meant to be between
-// CPU and CUDA (tests/test_gelu_cuda.py checks it on a GPU).
+// This is the only place the math lives: both backends include it, so they cannot drift. Built with
+// -ffp-contract=off on the host and --fmad=false on the device, every operation rounds as written (the fused
+// multiply-adds are explicit), so float results are bit-identical across CPU instruction sets and between CPU and
+// CUDA (tests/test_gelu.py, tests/test_gelu_cuda.py).
 //
-// Why not 0.5 * x * (1 + erf(x / sqrt(2))) as in ATen?
-//   * For x < 0, 1 + erf(.) cancels: F.gelu has no correct bits below x = -5 and is ~2,000 ulp off in [-3, 3].
-//   * Even erfc(-x / sqrt(2)) in float is not enough: the rounding of x / sqrt(2) (relative 2^-24) is
-//     amplified by 2 t^2 in erfc(t), i.e. ~100 ulp in the tail.
-// What we do instead, for float inputs (and the half types, computed as float and rounded once):
-//   Phi(x) = 0.5 * exp(-x^2 / 2) * erfcx(|x| / sqrt(2))       for x < 0   (erfcx(t) = exp(t^2) erfc(t))
-//   Phi(x) = 1 - 0.5 * exp(-x^2 / 2) * erfcx(x / sqrt(2))     for x >= 0
-//   with erfcx a polynomial in q = (t - 2) / (t + 2) and exp a Cody-Waite + Taylor evaluation, both fitted to
-//   float accuracy and evaluated in double, so every rounding but the last is ~2^-29 below float's.
-// The tanh mode uses 0.5 * (1 + tanh(z)) = sigmoid(2z): gelu = x * sigmoid(s), s = 2 sqrt(2/pi)(x + 0.044715 x^3),
-// with sigmoid built from exp(-|s|), which never overflows, so the negative tail keeps its relative accuracy.
-// Measured over every finite float (bench: benchmarks/exhaustive_ulp.cpp): forward and derivative, both modes,
-// <= 0.68 ulp from a float64 reference; subnormal results included.
+// float, float16 and bfloat16 inputs run in float arithmetic only (no double anywhere: FP64 runs at 1/64 of the
+// FP32 rate on consumer and inference GPUs); the half types are computed in float and rounded once.
+//
+// Why not 0.5 x (1 + erf(x / sqrt 2)) as in ATen? For x < 0, 1 + erf cancels: F.gelu has no correct bit below
+// x = -5 and is hundreds to thousands of ulp off in [-3, 3]. Instead, with a = |x| and g(a) = gelu(-a):
+//   erf mode:  g(a) = -a Phi(-a) = -a exp(-a^2/2) R(a),   1/R(a) = sqrt(2 pi) a + Pg(a)/Qg(a)
+//   tanh mode: g(a) = -a e / (1 + e),   e = exp(-|s|),   s = 2 sqrt(2/pi) (a + 0.044715 a^3)
+//   gelu(x) = g(a) for x < 0 and x + g(a) for x >= 0 (gelu(x) - gelu(-x) = x: no cancellation anywhere), and
+//   gelu'(x) = g'(a) for x < 0 and 1 - g'(a) for x >= 0, with g'(a) = gelu'(-a).
+// What keeps that accurate in float:
+//   * exp's argument is never rounded as a whole: -a^2/2 is an exact product that one FMA reduces, s is built in
+//     double-float (2 sqrt(2/pi) and 0.044715 as float pairs too). exp(y) turns an absolute error of y into the
+//     same relative error, and |y| reaches 113, so a plainly rounded argument would cost ~100 ulp in the tails.
+//   * The fits are float-accurate: Pg/Qg to 2.5e-9 of 1/R on a in [0, 15], exp's polynomial to 4e-9
+//     (scripts/fit_gelu_math.py derives both). A rounded quotient 1/(1 + e) is corrected by its exact residual.
+//   * Tiny results: every intermediate is kept 2^64 times larger and scaled down by the last multiply, so a
+//     subnormal result is rounded into the subnormals once, not built from a subnormal intermediate.
+//   * |x| is clamped to 15 (erf) or 11 (tanh), where g(a) rounds to -0 and x + g(a) to x: no inf * 0, no overflow;
+//     NaN passes through every clamp and comparison.
+// Measured over every finite float (benchmarks/exhaustive_ulp.cpp, gelu_ext.testing.MEASURED_MAX_ULP): forward
+// 3.83 ulp (erf) and 2.43 (tanh), derivative 4.18 and 4.60 ulp of its larger term. Contract: 4 and 8.
+//
+// Cost per 16 floats with AVX-512, as GCC vectorizes it (the loop's vector instructions, moves excluded, one of them
+// a division): gelu_erf 34, its derivative with the grad multiply 38; gelu_tanh 44, its derivative 50. With AVX2,
+// per 8 floats: 35, 40, 45, 52. F.gelu's erf forward on CPU is oneDNN's JIT kernel (its own 5-term erf and exp, no
+// accuracy in the tail); ATen's vectorized erf is 13 operations + 1 division + Sleef's expf, and its tanh mode calls
+// Sleef's tanhf.
+// On CUDA (benchmarks/kernel_ops.py, sm_90, .f32 PTX instructions per element, a division counted once): float32
+// 37 (erf) and 49 (tanh) forward, 43 and 58 backward; bfloat16/float16 34 and 47 forward, 40 and 55 backward. No FP64
+// instruction in any float kernel. An H100 streaming bf16 at 3 TB/s has ~44 FP32 operations per element to spare.
 //
 // double inputs use the C library's (host) or CUDA's (device) erfc and exp with the same formulas.
 #pragma once
@@ -38,147 +55,231 @@ enum class Approximate : int { kNone = 0, kTanh = 1 };
 
 namespace math {
 
-// ---------------------------------------------------------------------------------------------------------
-// float inputs: float-accurate approximations evaluated in double, rounded to float once.
-// Only arithmetic, fma and bit operations: no calls and no branches, so the host compiler vectorizes the
-// loops that use these, and the device compiler inlines them.
-// ---------------------------------------------------------------------------------------------------------
-GELU_HOST_DEVICE double bits_to_double(int64_t bits) {
-#if defined(__CUDA_ARCH__)
-  return __longlong_as_double(bits);
-#else
-  return __builtin_bit_cast(double, bits);
-#endif
-}
-
-GELU_HOST_DEVICE int64_t double_to_bits(double value) {
-#if defined(__CUDA_ARCH__)
-  return __double_as_longlong(value);
-#else
-  return __builtin_bit_cast(int64_t, value);
-#endif
-}
-
-// NaN-preserving clamp of x to [-limit, limit] (comparisons with NaN are false, so NaN passes through).
-GELU_HOST_DEVICE double clamp_abs(double x, double limit) {
-  return x > limit ? limit : (x < -limit ? -limit : x);
-}
-
-// exp(a) for a <= 0 with relative error < 2^-30, far below float's 2^-24. a is clamped at -150:
-// everything this header multiplies by exp() is below float's smallest subnormal there. Cody-Waite
-// reduction a = k ln2 + r, |r| <= ln2/2, then a degree-8 Taylor polynomial (truncation r^9/9! < 2^-32).
-GELU_HOST_DEVICE double exp_nonpositive(double a) {
-  constexpr double kLog2e = 1.4426950408889634;
-  constexpr double kLn2 = 0.6931471805599453;
-  constexpr double kRoundMagic = 6755399441055744.0;  // 1.5 * 2^52: adding it rounds to an integer
-  const double a_clamped = a < -150.0 ? -150.0 : a;   // NaN passes (and poisons r, so the result)
-  const double shifted = fma(a_clamped, kLog2e, kRoundMagic);
-  const double k = shifted - kRoundMagic;
-  // The integer k also sits in the low bits of `shifted`: no float-to-int conversion (AVX2 has none).
-  const int64_t k_int = double_to_bits(shifted) - double_to_bits(kRoundMagic);
-  const double r = fma(k, -kLn2, a_clamped);
-  double p = 2.48015873015873016e-05;
-  p = fma(p, r, 1.98412698412698413e-04);
-  p = fma(p, r, 1.38888888888888889e-03);
-  p = fma(p, r, 8.33333333333333333e-03);
-  p = fma(p, r, 4.16666666666666667e-02);
-  p = fma(p, r, 1.66666666666666667e-01);
-  p = fma(p, r, 0.5);
-  p = fma(p, r, 1.0);
-  p = fma(p, r, 1.0);
-  return p * bits_to_double((k_int + 1023) << 52);  // * 2^k, exact
-}
-
-// erfcx(t) = exp(t^2) erfc(t) for t >= 0 (finite). (1 + 2t) erfcx(t) is a smooth function of
-// q = (t - 2) / (t + 2) on [-1, 1]; its degree-12 least-squares fit (Chebyshev nodes, relative weight)
-// has 0.2 float ulp of error. erfcx varies slowly and is insensitive to the rounding of t, unlike erfc.
-// One division serves both quotients: 1 / ((t + 2)(1 + 2t)).
-GELU_HOST_DEVICE double erfcx_nonneg(double t) {
-  const double d1 = t + 2.0;
-  const double d2 = fma(2.0, t, 1.0);
-  const double inv = 1.0 / (d1 * d2);
-  const double q = (t - 2.0) * (inv * d2);
-  double p = -2.0055469576618634e-05;
-  p = fma(p, q, 6.29450150881894e-05);
-  p = fma(p, q, 2.210450329585001e-04);
-  p = fma(p, q, -3.567557723727077e-04);
-  p = fma(p, q, -1.4635828556492925e-03);
-  p = fma(p, q, 1.2162493076175451e-03);
-  p = fma(p, q, 8.724423125386238e-03);
-  p = fma(p, q, -8.01845733076334e-03);
-  p = fma(p, q, -5.422024428844452e-02);
-  p = fma(p, q, 1.6404935717582703e-01);
-  p = fma(p, q, -1.660303771495819e-01);
-  p = fma(p, q, -9.27637591958046e-02);
-  p = fma(p, q, 1.2769783735275269);
-  return p * (inv * d1);
-}
-
+// The formulas' constants in double: the double path, the reference implementations and autograd's gelu''.
 constexpr double kSqrtHalf = 0.70710678118654752;    // 1 / sqrt(2)
 constexpr double kInvSqrt2Pi = 0.39894228040143268;  // 1 / sqrt(2 pi)
 constexpr double kTanhC1 = 1.5957691216057308;       // 2 sqrt(2 / pi)
 constexpr double kTanhC2 = 0.071354816272600250;     // 2 sqrt(2 / pi) * 0.044715
-constexpr double kClamp = 1.0e4;                     // |x| beyond this behaves like +-inf
+constexpr double kClamp = 1.0e4;                     // |x| beyond this behaves like +-inf (double path)
 
-// exp(-x^2/2), and the normal tail 0.5 exp(-x^2/2) erfcx(|x|/sqrt(2)): Phi(x) for x < 0, 1 - Phi(x) for x >= 0.
-// No cancellation anywhere.
+// ---------------------------------------------------------------------------------------------------------
+// float: arithmetic, fma, min/max and bit operations only -- no calls, no branches -- so the host compiler
+// vectorizes the loops that use these and the device compiler inlines them.
+// ---------------------------------------------------------------------------------------------------------
+GELU_HOST_DEVICE float fma_f(float a, float b, float c) {
+#if defined(__CUDA_ARCH__)
+  return __fmaf_rn(a, b, c);
+#else
+  return __builtin_fmaf(a, b, c);
+#endif
+}
+
+// The bits of a float as an int32, or back (std::bit_cast, which device code lacks; memcpy compiles to a move).
+template <typename To, typename From>
+GELU_HOST_DEVICE To bit_cast(From value) {
+  static_assert(sizeof(To) == sizeof(From), "bit_cast between types of different sizes");
+#if defined(__CUDA_ARCH__)
+  To result;
+  memcpy(&result, &value, sizeof(To));
+  return result;
+#else
+  return __builtin_bit_cast(To, value);
+#endif
+}
+
+// Results are assembled at 2^64 times their size and multiplied by this last (see the header comment).
+constexpr float kScaleDown = 0x1p-64f;
+
+// exp(y) for y in [-113, 0], as
+//   exp(y) = (1 + r u) * scale * 2^-64        scale = 2^(k + 64), |r| <= ln2/2 + 2^-14, u = 1 + r/2 + ...
+// Cody-Waite reduction y = k ln2 + r: k comes from rounding y * log2(e) to an integer by adding 1.5 * 2^23 (the
+// integer lands in the low mantissa bits, so k + 64 + 127, the biased exponent of 2^(k + 64), is one integer
+// subtraction away). exp(r) = 1 + r (1 + r Q(r)), Q of degree 4: 4e-9 relative error, below float's 6e-8.
+// 2^(k + 64) is a normal float for every k >= -163. The last step, 1 + r u, is left to the caller: folded into its
+// final product as fma(A, r u, A), it rounds once instead of twice, and a caller's own small relative correction c
+// joins it as fma(A, fma(r, u, c), A) = A (1 + r u) (1 + c) to first order.
+// exp turns an absolute error of y into the same relative error, and |y| reaches 113, so y is never rounded as a
+// whole: the two entry points below take it as an exact product or as a double-float pair.
+struct ExpParts {
+  float r;
+  float u;
+  float scale;  // 2^(k + 64)
+};
+
+constexpr float kLog2e = 1.44269502f;
+constexpr float kLn2Hi = 0x1.62e4p-1f;    // 0.693145751953125: 16 significant bits, so k * kLn2Hi is exact
+constexpr float kLn2Lo = 1.42860677e-6f;  // ln 2 - kLn2Hi
+constexpr float kRoundToInt = 12582912.0f;  // 1.5 * 2^23
+
+// k from an approximation of y; returns k as a float and sets scale = 2^(k + 64). 4 operations.
+GELU_HOST_DEVICE float exp_reduce(float y_approx, float& scale) {
+  constexpr float kShifter = kRoundToInt + 191;  // 191 = 127 (exponent bias) + 64 (the 2^64 prescale)
+  const float shifted = fma_f(y_approx, kLog2e, kShifter);
+  scale = bit_cast<float>((bit_cast<int32_t>(shifted) - bit_cast<int32_t>(kRoundToInt)) << 23);
+  return shifted - kShifter;
+}
+
+// exp(r) - 1 = r u. 5 operations.
+GELU_HOST_DEVICE float exp_poly(float r) {
+  float q = 1.38142228e-3f;
+  q = fma_f(q, r, 8.36889911e-3f);
+  q = fma_f(q, r, 4.16684039e-2f);
+  q = fma_f(q, r, 1.66665196e-1f);
+  q = fma_f(q, r, 4.99999940e-1f);
+  return fma_f(q, r, 1.0f);
+}
+
+// exp(m * a) for the exact product of two floats: r = m a - k ln2_hi in one FMA (one rounding of a number below
+// 0.35, so < 2^-26 absolute), then - k ln2_lo. Cost: 12 operations.
+GELU_HOST_DEVICE ExpParts exp_of_product(float m, float a) {
+  float scale;
+  const float k = exp_reduce(m * a, scale);
+  float r = fma_f(m, a, k * -kLn2Hi);
+  r = fma_f(k, -kLn2Lo, r);
+  return {r, exp_poly(r), scale};
+}
+
+// exp(hi + lo) for a double-float argument, |lo| <= 2^-14: k * ln2_hi is exact, and so is hi - k ln2_hi
+// (Sterbenz), so r = (hi - k ln2_hi) - k ln2_lo + lo loses nothing to cancellation. Cost: 12 operations.
+GELU_HOST_DEVICE ExpParts exp_parts(float hi, float lo) {
+  float scale;
+  const float k = exp_reduce(hi, scale);
+  float r = fma_f(k, -kLn2Hi, hi);
+  r = fma_f(k, -kLn2Lo, r);
+  r = r + lo;
+  return {r, exp_poly(r), scale};
+}
+
+// A * (1 + r u) * (1 + c) * 2^-64 * sign for A = (the caller's product) * scale: the one rounding into the subnormal
+// range happens in the last multiply, which also applies the sign (+-2^-64). Cost: 3.
+GELU_HOST_DEVICE float times_exp(float scaled, float r, float u, float correction, float signed_scale_down) {
+  return fma_f(scaled, fma_f(r, u, correction), scaled) * signed_scale_down;
+}
+
+// |x| clamped to `limit`; NaN stays NaN.
+// |x| clamped to `limit`, as an integer minimum of the bit patterns (ordered like the values for non-negative
+// floats): one instruction, where a float select lets GCC split every later use of the result into a select of its
+// own (measured: 10-20% of the AVX2 loops). NaN becomes `limit`: callers propagate NaN through x itself.
+GELU_HOST_DEVICE float abs_clamped(float x, float limit) {
+  const int32_t a_bits = bit_cast<int32_t>(x) & 0x7fffffff;
+  const int32_t limit_bits = bit_cast<int32_t>(limit);
+  return bit_cast<float>(a_bits < limit_bits ? a_bits : limit_bits);
+}
+
+// The erf mode's parts at a = |x| <= 15:  Phi(-a) = exp(-a^2/2) R(a),  R(a) = erfcx(a/sqrt 2) / 2.
+// 1/R(a) = sqrt(2 pi) a + G(a), and G (2 at a = 0, ~sqrt(2 pi)/a for large a) is a rational function of degree
+// (4, 5) with positive coefficients, fitted to 2.5e-9 of 1/R (Pg(0) = 2 exactly, so R(0) = 1/2 exactly):
+//   R(a) = Qg / den,   a R(a) = a Qg / den,   den = sqrt(2 pi) (a Qg) + Pg
+// Why this shape: Horner on positive coefficients and a >= 0 never cancels, and a enters unrounded. For large a,
+// where Horner's roundings would all count, Qg's error cancels between numerator and denominator and Pg's is
+// damped by Pg / den ~ 1/a^2; for small a, each polynomial is its constant term plus small corrections. The
+// forward's a R(a) is one division of a Qg, which both sides share.
+// Cost: 11 + 13 (exp) = 24 operations + div.
 struct NormalParts {
-  double gauss;
-  double tail;
+  float a_qg, a_q1, den;  // a R(a) = a_qg / den, R(a) = (1 + a_q1) / den
+  float r, u, scale;    // exp(-a^2/2) as exp_parts gives it (a nested struct would keep GCC from vectorizing)
 };
 
-GELU_HOST_DEVICE NormalParts normal_parts(double xc) {
-  const double ax = xc < 0.0 ? -xc : xc;
-  const double gauss = exp_nonpositive(-0.5 * xc * xc);
-  return {gauss, 0.5 * gauss * erfcx_nonneg(ax * kSqrtHalf)};
+constexpr float kErfClamp = 15.0f;  // 15 Phi(-15) = 5.5e-50: gelu(-15) rounds to -0, gelu(15) to 15
+constexpr float kSqrt2PiF = 2.50662827f;
+constexpr float kInvSqrt2PiF = 0.398942292f;
+
+GELU_HOST_DEVICE NormalParts normal_parts(float a) {
+  float pg = 6.26864750e-3f;
+  pg = fma_f(pg, a, 7.49369189e-2f);
+  pg = fma_f(pg, a, 4.16967601e-1f);
+  pg = fma_f(pg, a, 1.26176131f);
+  pg = fma_f(pg, a, 2.0f);
+  float q1 = 2.50059133e-3f;  // Qg = 1 + a q1: never formed as 1 + small (which would round at 1's ulp)
+  q1 = fma_f(q1, a, 2.99075693e-2f);
+  q1 = fma_f(q1, a, 1.71081156e-1f);
+  q1 = fma_f(q1, a, 5.66601217e-1f);
+  q1 = fma_f(q1, a, 1.08631027f);
+  const float a_q1 = a * q1;
+  const float a_qg = fma_f(a_q1, a, a);
+  const ExpParts gauss = exp_of_product(-0.5f * a, a);  // -a/2 is exact
+  return {a_qg, a_q1, fma_f(kSqrt2PiF, a_qg, pg), gauss.r, gauss.u, gauss.scale};
 }
 
-// gelu(x) = x Phi(x)
+// gelu(x) = x Phi(x). With g(a) = -a Phi(-a) = gelu(-a): gelu(x) = g(a) for x < 0, and x + g(a) for x >= 0
+// (gelu(x) - gelu(-x) = x; a = x below the clamp, and beyond it g(a) rounds to -0).  Cost: ~33 + div.
 GELU_HOST_DEVICE float gelu_erf(float x) {
-  const double xd = x;
-  const double xc = clamp_abs(xd, kClamp);
-  const double tail = normal_parts(xc).tail;
-  return static_cast<float>(xd < 0.0 ? xc * tail : xd * (1.0 - tail));
+  const float a = abs_clamped(x, kErfClamp);  // NaN x: x + g(a) is NaN
+  const NormalParts n = normal_parts(a);
+  const float negative = times_exp((n.a_qg / n.den) * n.scale, n.r, n.u, 0.0f, -kScaleDown);
+  return x < 0.0f ? negative : x + negative;  // -0 -> -0; NaN takes the second: NaN
 }
 
-// d/dx gelu(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi). Cancels only next to its zero at
-// x ~ -0.75, where the absolute error is ~1e-17.
+// gelu'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi). With g(a) = gelu'(-a) = exp(-a^2/2) v,
+// v = R(a) - a / sqrt(2 pi) (cancels only next to the zero at a ~ 0.75): gelu'(x) = g(a) for x < 0, 1 - g(a) for
+// x >= 0 (gelu'(x) + gelu'(-x) = 1).  Cost: ~34 + div.
 GELU_HOST_DEVICE float gelu_erf_derivative(float x) {
-  const double xc = clamp_abs(static_cast<double>(x), kClamp);
-  const NormalParts n = normal_parts(xc);
-  const double x_phi = xc * kInvSqrt2Pi * n.gauss;
-  return static_cast<float>((xc < 0.0 ? n.tail : 1.0 - n.tail) + x_phi);
+  const float a = abs_clamped(x, kErfClamp);
+  const NormalParts n = normal_parts(a);
+  const float v = fma_f(-a, kInvSqrt2PiF, (1.0f + n.a_q1) / n.den);
+  const float negative = times_exp(v * n.scale, n.r, n.u, 0.0f, kScaleDown);
+  const float derivative = x < 0.0f ? negative : 1.0f - negative;
+  return x == x ? derivative : x;  // NaN x (the clamp made a finite)
 }
 
-// s = 2z and e = exp(-|s|) for the tanh mode: 0.5 (1 + tanh(z)) = sigmoid(s); e never overflows.
-struct TanhModeParts {
-  double s;
-  double e;
+// The tanh mode's e = exp(-|s|), s = C1 x (1 + kappa x^2), C1 = 2 sqrt(2/pi), kappa = 0.044715, and
+// inv = 1 / (1 + e). |s| = s_hi + s_lo in double-float: a^2 = h + l (one FMA), 1 + kappa a^2 = v + v_lo (v - 1 is
+// exact for v >= 1, so its rounding error is one more FMA), C1 a = w + w_lo, w v = s_hi + rounding error. exp turns
+// an absolute error of s into the same relative error, and |s| reaches 113. inv's two roundings (1 + e, then 1/.)
+// are measured as for t above: correction = 1 - inv (1 + e) to first order, inv_exact = inv (1 + correction).
+// Cost: 14 for s, 12 exp, 10 + div.
+struct TanhParts {
+  float r, u, scale;  // exp(-|s|) as exp_parts gives it (a nested struct would keep GCC from vectorizing)
+  float inv;          // 1 / (1 + exp(-|s|)), rounded
+  float correction;   // its relative error
 };
 
-GELU_HOST_DEVICE TanhModeParts tanh_mode_parts(double xc) {
-  const double s = xc * fma(kTanhC2, xc * xc, kTanhC1);
-  return {s, exp_nonpositive(s < 0.0 ? s : -s)};
+constexpr float kTanhClamp = 11.0f;  // gelu_tanh(-11) = -1.6e-48 rounds to -0; |s| <= 112.6
+constexpr float kC1Hi = 1.59576917f;
+constexpr float kC1Lo = -4.53406805e-8f;
+constexpr float kKappaHi = 4.47149985e-2f;
+constexpr float kKappaLo = 1.54614443e-9f;
+constexpr float k3C2 = 2.14064449e-1f;  // 3 C1 kappa: ds/dx = C1 + 3 C1 kappa x^2
+
+GELU_HOST_DEVICE TanhParts tanh_parts(float a) {
+  const float h = a * a;
+  const float l = fma_f(a, a, -h);
+  const float v = fma_f(kKappaHi, h, 1.0f);
+  float v_lo = fma_f(kKappaHi, h, 1.0f - v);
+  v_lo = fma_f(kKappaHi, l, fma_f(kKappaLo, h, v_lo));
+  const float w = kC1Hi * a;
+  const float w_lo = fma_f(kC1Lo, a, fma_f(kC1Hi, a, -w));
+  const float s = w * v;
+  const float s_lo = fma_f(w_lo, v, fma_f(w, v_lo, fma_f(w, v, -s)));
+  const ExpParts e = exp_parts(-s, -s_lo);
+  const float exp_s = (fma_f(e.r, e.u, 1.0f) * e.scale) * kScaleDown;
+  const float d = 1.0f + exp_s;
+  const float d_error = exp_s - (d - 1.0f);  // exact: d - 1 is exact for d >= 1, and |exp_s| <= 1
+  const float inv = 1.0f / d;
+  const float correction = fma_f(-inv, d_error, fma_f(-inv, d, 1.0f));
+  return {e.r, e.u, e.scale, inv, correction};
 }
 
-// gelu_tanh(x) = 0.5 x (1 + tanh(z)) = x sigmoid(s)
+// gelu_tanh(x) = 0.5 x (1 + tanh(z)) = x sigmoid(s). With g(a) = -a e / (1 + e) = gelu_tanh(-a): g(a) for x < 0,
+// x + g(a) for x >= 0.  Cost: ~44 + div.
 GELU_HOST_DEVICE float gelu_tanh(float x) {
-  const double xd = x;
-  const double xc = clamp_abs(xd, kClamp);
-  const TanhModeParts m = tanh_mode_parts(xc);
-  const double inv = 1.0 / (1.0 + m.e);
-  return static_cast<float>(m.s < 0.0 ? xc * m.e * inv : xd * inv);
+  const float a = abs_clamped(x, kTanhClamp);  // NaN x: x + g(a) is NaN
+  const TanhParts p = tanh_parts(a);
+  const float negative = times_exp((a * p.inv) * p.scale, p.r, p.u, p.correction, -kScaleDown);
+  return x < 0.0f ? negative : x + negative;
 }
 
-// d/dx [x sigmoid(s)] = sigmoid(s) (1 + x s' (1 - sigmoid(s)))
+// d/dx [x sigmoid(s)] = sigmoid(s) (1 + x s' (1 - sigmoid(s))). At x = -a: sigmoid = e inv, 1 - sigmoid = inv,
+// g(a) = e inv (1 - a s' inv), s' = C1 + 3 C1 kappa a^2. gelu_tanh'(x) = g(a) for x < 0, 1 - g(a) for x >= 0.
+// Cost: ~43 + div.
 GELU_HOST_DEVICE float gelu_tanh_derivative(float x) {
-  const double xc = clamp_abs(static_cast<double>(x), kClamp);
-  const TanhModeParts m = tanh_mode_parts(xc);
-  const double x_ds = xc * fma(3.0 * kTanhC2, xc * xc, kTanhC1);
-  const double inv = 1.0 / (1.0 + m.e);
-  const double sigmoid = m.s < 0.0 ? m.e * inv : inv;
-  const double one_minus_sigmoid = m.s < 0.0 ? inv : m.e * inv;
-  return static_cast<float>(sigmoid * fma(x_ds, one_minus_sigmoid, 1.0));
+  const float a = abs_clamped(x, kTanhClamp);
+  const TanhParts p = tanh_parts(a);
+  const float inv = fma_f(p.inv, p.correction, p.inv);
+  const float a_ds = a * fma_f(k3C2, a * a, kC1Hi);
+  const float negative = times_exp((fma_f(-a_ds, inv, 1.0f) * inv) * p.scale, p.r, p.u, 0.0f, kScaleDown);
+  const float derivative = x < 0.0f ? negative : 1.0f - negative;
+  return x == x ? derivative : x;  // NaN x (the clamp made a finite)
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -186,18 +287,18 @@ GELU_HOST_DEVICE float gelu_tanh_derivative(float x) {
 // ---------------------------------------------------------------------------------------------------------
 // erfc(-t) = 2 - erfc(t) has no cancellation for t > 0, and for t < 0 erfc is accurate by itself.
 GELU_HOST_DEVICE double gelu_erf(double x) {
-  const double xc = clamp_abs(x, kClamp);
+  const double xc = x > kClamp ? kClamp : (x < -kClamp ? -kClamp : x);
   const double phi = 0.5 * ::erfc(-xc * kSqrtHalf);
   return x < 0.0 ? xc * phi : x * phi;
 }
 
 GELU_HOST_DEVICE double gelu_erf_derivative(double x) {
-  const double xc = clamp_abs(x, kClamp);
+  const double xc = x > kClamp ? kClamp : (x < -kClamp ? -kClamp : x);
   return 0.5 * ::erfc(-xc * kSqrtHalf) + xc * kInvSqrt2Pi * ::exp(-0.5 * xc * xc);
 }
 
 GELU_HOST_DEVICE double gelu_tanh(double x) {
-  const double xc = clamp_abs(x, kClamp);
+  const double xc = x > kClamp ? kClamp : (x < -kClamp ? -kClamp : x);
   const double s = xc * fma(kTanhC2, xc * xc, kTanhC1);
   const double e = ::exp(s < 0.0 ? s : -s);
   const double inv = 1.0 / (1.0 + e);
@@ -205,7 +306,7 @@ GELU_HOST_DEVICE double gelu_tanh(double x) {
 }
 
 GELU_HOST_DEVICE double gelu_tanh_derivative(double x) {
-  const double xc = clamp_abs(x, kClamp);
+  const double xc = x > kClamp ? kClamp : (x < -kClamp ? -kClamp : x);
   const double s = xc * fma(kTanhC2, xc * xc, kTanhC1);
   const double x_ds = xc * fma(3.0 * kTanhC2, xc * xc, kTanhC1);
   const double e = ::exp(s < 0.0 ? s : -s);

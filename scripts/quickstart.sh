@@ -26,7 +26,7 @@ fi
 
 # shellcheck disable=SC2086
 python -m pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} \
-  setuptools wheel ninja pybind11 pytest hypothesis ruff tqdm tensorboard matplotlib
+  setuptools wheel ninja pybind11 pytest hypothesis mpmath ruff tqdm tensorboard matplotlib
 python -m pip install -q --no-build-isolation --no-deps -e .
 python -c "import gelu_ext; print('gelu_ext', gelu_ext.__version__, gelu_ext.build_info())"
 

@@ -10,7 +10,7 @@ import pytest
 import torch
 
 import gelu_ext
-from gelu_ext.testing import APPROXIMATE_MODES, devices
+from gelu_ext.testing import APPROXIMATE_MODES, assert_bitwise_equal, devices
 
 CUDA = "cuda" in devices()
 pytestmark = pytest.mark.skipif(not CUDA, reason="needs a GPU and a CUDA build of gelu_ext")
@@ -32,21 +32,22 @@ def test_cuda_matches_cpu_bit_for_bit(dtype, approximate, offset):
     gc = torch.randn(100_012, device="cuda").to(dtype)[offset : offset + xc.numel()]
     x, g = xc.cpu(), gc.cpu()
     assert xc.data_ptr() % 16 == offset * xc.element_size() % 16
-    torch.testing.assert_close(gelu_ext.gelu(xc, approximate).cpu(), gelu_ext.gelu(x, approximate), atol=0, rtol=0,
-                               equal_nan=True)  # fmt: skip
-    torch.testing.assert_close(gelu_ext.gelu_backward(gc, xc, approximate).cpu(),
-                               gelu_ext.gelu_backward(g, x, approximate), atol=0, rtol=0, equal_nan=True)  # fmt: skip
+    assert_bitwise_equal(gelu_ext.gelu(xc, approximate).cpu(), gelu_ext.gelu(x, approximate))
+    assert_bitwise_equal(gelu_ext.gelu_backward(gc, xc, approximate).cpu(), gelu_ext.gelu_backward(g, x, approximate))
 
 
 def test_runs_on_the_current_stream():
-    x = torch.randn(1 << 20, device="cuda")
+    # The side stream is held up by a sleep kernel before the input is even written on it; an op launched on any
+    # other stream would read the input before it exists. Deterministic: no race decides the outcome.
     side = torch.cuda.Stream()
-    side.wait_stream(torch.cuda.current_stream())
+    x = torch.empty(1 << 20, device="cuda")
+    expected = gelu_ext.gelu(torch.full((1 << 20,), 0.75))
     with torch.cuda.stream(side):
+        torch.cuda._sleep(50_000_000)  # ~25 ms of GPU time
+        x.fill_(0.75)
         y = gelu_ext.gelu(x)
-        z = y * 2  # queued after the op on the same stream
-    torch.cuda.current_stream().wait_stream(side)
-    torch.testing.assert_close(z, 2 * gelu_ext.gelu(x))
+    side.synchronize()
+    assert_bitwise_equal(y.cpu(), expected)
 
 
 @pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two GPUs")
@@ -54,7 +55,7 @@ def test_non_default_device():
     x = torch.randn(1000, device="cuda:1")
     y = gelu_ext.gelu(x)
     assert y.device == x.device
-    torch.testing.assert_close(y.cpu(), gelu_ext.gelu(x.cpu()), atol=0, rtol=0)
+    assert_bitwise_equal(y.cpu(), gelu_ext.gelu(x.cpu()))
 
 
 def test_torch_compile_inductor_on_cuda():
@@ -63,7 +64,12 @@ def test_torch_compile_inductor_on_cuda():
     compiled = torch.compile(model, fullgraph=True)
     x = torch.randn(32, 64, device="cuda")
     torch.testing.assert_close(compiled(x), model(x))
-    compiled(x).sum().backward()
+    compiled(x).square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)
 
 
 @pytest.mark.large_gpu
@@ -74,8 +80,7 @@ def test_more_than_2_to_the_31_elements():
     x = torch.empty(n, dtype=torch.bfloat16, device="cuda").uniform_(-6, 6)
     y = gelu_ext.gelu(x)
     for part in (slice(0, 4096), slice(2**31 - 2048, 2**31 + 2048), slice(n - 4096, n)):
-        torch.testing.assert_close(y[part].cpu(), gelu_ext.gelu(x[part].cpu()), atol=0, rtol=0)
+        assert_bitwise_equal(y[part].cpu(), gelu_ext.gelu(x[part].cpu()))
     del y
     d = gelu_ext.gelu_backward(x, x)
-    torch.testing.assert_close(d[-4096:].cpu(), gelu_ext.gelu_backward(x[-4096:].cpu(), x[-4096:].cpu()), atol=0,
-                               rtol=0)  # fmt: skip
+    assert_bitwise_equal(d[-4096:].cpu(), gelu_ext.gelu_backward(x[-4096:].cpu(), x[-4096:].cpu()))
