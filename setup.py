@@ -121,9 +121,12 @@ class BuildExtension(cpp_extension.BuildExtension):
     """torch's ninja-based build_ext, which also records what the build was made against."""
 
     def run(self):
-        _write_build_config(ROOT / "gelu_ext", cuda_archs)  # in-place and editable builds
+        # In-place and editable builds run from the source tree, so it gets the record; any other build (a wheel)
+        # writes only into its build directory: building a wheel must not change the checkout it was built from.
+        if self.inplace or getattr(self, "editable_mode", False):
+            _write_build_config(ROOT / "gelu_ext", cuda_archs)
         if not self.inplace:
-            _write_build_config(Path(self.build_lib) / "gelu_ext", cuda_archs)  # wheels (build_py already ran)
+            _write_build_config(Path(self.build_lib) / "gelu_ext", cuda_archs)  # build_py already ran
         super().run()
 
 

@@ -21,7 +21,8 @@ namespace {
   TORCH_CHECK(false,
               "gelu_ext was built without CUDA kernels, so it cannot run on a CUDA tensor. Rebuild it on a machine "
               "with the CUDA toolkit (nvcc, CUDA_HOME) and a CUDA build of torch: "
-              "GELU_EXT_FORCE_CUDA=1 pip install --no-build-isolation --force-reinstall gelu_ext");
+              "GELU_EXT_FORCE_CUDA=1 pip install --no-build-isolation --force-reinstall --no-deps "
+              "<path to a gelu_ext checkout or sdist>");
 }
 at::Tensor gelu_no_cuda(const at::Tensor&, c10::string_view) { cuda_not_built(); }
 at::Tensor gelu_backward_no_cuda(const at::Tensor&, const at::Tensor&, c10::string_view) { cuda_not_built(); }

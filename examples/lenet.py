@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import argparse
 import gzip
 import os
 import shutil
 import tempfile
+import time
 from pathlib import Path
 
 import torch
@@ -15,6 +17,7 @@ import gelu_ext
 
 EXAMPLES_DIR = Path(__file__).resolve().parent
 DEFAULT_DATA_DIR = EXAMPLES_DIR / "data"
+RUNS_DIR = EXAMPLES_DIR / "runs"  # one directory per training run: best.pt, last.pt, curves, TensorBoard events
 MNIST_MEAN, MNIST_STD = 0.1307, 0.3081
 MNIST_FILES = ("train-images-idx3-ubyte", "train-labels-idx1-ubyte", "t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")
 CHECKPOINT_FORMAT = 1
@@ -151,3 +154,37 @@ def load_model_state(model: nn.Module, state: dict, path="checkpoint") -> None:
         model.load_state_dict(state)
     except RuntimeError as error:
         raise CheckpointError(f"{path} was saved for a different model: {error}") from None
+
+
+class HelpFormatter(argparse.RawDescriptionHelpFormatter, argparse.ArgumentDefaultsHelpFormatter):
+    """--help of the example scripts: the module docstring as written, and each option's default where it has one."""
+
+    def _get_help_string(self, action):
+        return action.help if action.default is None else super()._get_help_string(action)
+
+
+# ---------------------------------------------------------------------------------------------------------------------
+# Run directories: each training run keeps its checkpoints, curves and events apart, so no run overwrites another's.
+# ---------------------------------------------------------------------------------------------------------------------
+def new_run_name(config: dict) -> str:
+    """A name that says when and with what a run was started, e.g. 20261125-103000-lenet5-gelu_ext-seed0."""
+    mode = "-tanh" if config.get("approximate") == "tanh" else ""
+    return f"{time.strftime('%Y%m%d-%H%M%S')}-{config['arch']}-{config['activation']}{mode}-seed{config['seed']}"
+
+
+def latest_run(runs_dir: str | Path, needs: str) -> Path:
+    """The run directory under `runs_dir` whose `needs` file (best.pt or last.pt) was written last."""
+    candidates = sorted(Path(runs_dir).glob(f"*/{needs}"), key=lambda path: path.stat().st_mtime)
+    if not candidates:
+        raise CheckpointError(f"no run under {runs_dir} has a {needs}: train one with examples/train_lenet.py")
+    return candidates[-1].parent
+
+
+def describe(config: dict) -> str:
+    """What a checkpoint's model is, from its own config: 'LeNet-5 + gelu_ext GELU (tanh)'."""
+    arch = {"lenet5": "LeNet-5", "classic": "classic LeNet"}.get(config.get("arch"), str(config.get("arch")))
+    activation = {"gelu_ext": "gelu_ext GELU", "torch": "torch.nn.GELU", "sigmoid": "sigmoid"}.get(
+        config.get("activation"), str(config.get("activation"))
+    )
+    mode = " (tanh)" if config.get("approximate") == "tanh" and config.get("activation") != "sigmoid" else ""
+    return f"{arch} + {activation}{mode}"

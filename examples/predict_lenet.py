@@ -1,8 +1,10 @@
-"""Predict MNIST test digits with the best checkpoint of train_lenet.py, and draw them.
+"""Predict MNIST test digits with the best checkpoint of a train_lenet.py run, and draw them.
 
-    python examples/predict_lenet.py --count 16
+    python examples/predict_lenet.py --count 16              # the latest run's best.pt
+    python examples/predict_lenet.py --run NAME              # another run (a directory under examples/runs)
 
-Prints predicted vs actual labels and writes a PNG grid of the digits titled "pred / true" (wrong ones in red).
+Prints predicted vs actual labels and writes a PNG grid of the digits titled "pred / true" (wrong ones in red), into
+the run's directory; the title names the model as the checkpoint's own settings describe it.
 """
 
 from __future__ import annotations
@@ -17,10 +19,13 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lenet import (
     DEFAULT_DATA_DIR,
-    EXAMPLES_DIR,
     MNIST_MEAN,
     MNIST_STD,
+    RUNS_DIR,
     CheckpointError,
+    HelpFormatter,
+    describe,
+    latest_run,
     load_checkpoint,
     mnist_tensors,
     model_from_checkpoint,
@@ -28,19 +33,21 @@ from lenet import (
 
 
 def parse_args(argv=None):
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--checkpoint", type=Path, default=EXAMPLES_DIR / "checkpoints" / "best.pt")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where train_lenet.py's run directories are")
+    p.add_argument("--run", help="run name (default: the run whose best.pt is newest)")
+    p.add_argument("--checkpoint", type=Path, help="a checkpoint file instead of a run's best.pt")
     p.add_argument("--count", type=int, default=16, help="how many test images")
     p.add_argument("--start", type=int, default=0, help="index of the first test image")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    p.add_argument("--output", type=Path, default=EXAMPLES_DIR / "runs" / "predictions.png")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST (torchvision layout)")
+    p.add_argument("--output", type=Path, help="PNG grid (default: predictions.png next to the checkpoint)")
     args = p.parse_args(argv)
     if args.count < 1 or args.start < 0:
         p.error("--count must be >= 1 and --start >= 0")
     return args
 
 
-def draw_grid(images, predicted, actual, path: Path) -> None:
+def draw_grid(images, predicted, actual, path: Path, title: str) -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -55,7 +62,7 @@ def draw_grid(images, predicted, actual, path: Path) -> None:
         ax.imshow((image.squeeze(0) * MNIST_STD + MNIST_MEAN).numpy(), cmap="gray_r", vmin=0, vmax=1)
         wrong = p != t
         ax.set_title(f"{p} / {t}" + (" ✗" if wrong else ""), color="red" if wrong else "black", fontsize=9)
-    fig.suptitle("LeNet-5 + gelu_ext: predicted / true")
+    fig.suptitle(f"{title}: predicted / true")
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)
@@ -65,9 +72,16 @@ def draw_grid(images, predicted, actual, path: Path) -> None:
 def main(argv=None):
     args = parse_args(argv)
     try:
-        model = model_from_checkpoint(load_checkpoint(args.checkpoint), args.checkpoint)
+        if args.checkpoint is None:
+            run_dir = args.runs_dir / args.run if args.run else latest_run(args.runs_dir, "best.pt")
+            args.checkpoint = run_dir / "best.pt"
+        checkpoint = load_checkpoint(args.checkpoint)
+        model = model_from_checkpoint(checkpoint, args.checkpoint)
     except CheckpointError as error:
         raise SystemExit(f"cannot load the model: {error}") from None
+    title = describe(checkpoint.get("config", {}))
+    print(f"{args.checkpoint}: {title}")
+    args.output = args.output or args.checkpoint.parent / "predictions.png"
     images, labels = mnist_tensors(args.data_dir, False, "cpu")
     end = min(args.start + args.count, len(labels))
     if args.start >= end:
@@ -80,7 +94,7 @@ def main(argv=None):
         print(f"test image {args.start + i:5d}: predicted {p}  actual {t}{'   <- wrong' if p != t else ''}")
     correct = int((predicted == labels).sum())
     print(f"{correct}/{len(labels)} correct")
-    draw_grid(images, predicted.tolist(), labels.tolist(), args.output)
+    draw_grid(images, predicted.tolist(), labels.tolist(), args.output, title)
     print(f"wrote {args.output}")
     return predicted
 

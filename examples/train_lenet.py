@@ -1,11 +1,14 @@
 """Train LeNet-5 on MNIST with gelu_ext.GELU: the reference consumer of gelu_ext and its end-to-end test.
 
-    python examples/train_lenet.py                       # defaults reach >= 99.2% test accuracy
+    python examples/train_lenet.py                       # defaults: ~99.3% test accuracy, 99.0% after ~13 s
+                                                         # (2-core AVX-512 CPU; ~17 s with AVX2 only)
     python examples/train_lenet.py --activation torch    # the same with torch.nn.GELU
     torchrun --nproc_per_node=2 examples/train_lenet.py  # DistributedDataParallel (gloo on CPU, nccl on GPU)
 
-Writes TensorBoard logs (--logdir), a PNG of the training curves there, and checkpoints (--checkpoint-dir): best.pt
-(best test accuracy) and last.pt (everything needed by --resume). predict_lenet.py uses best.pt.
+Each run gets its own directory, examples/runs/<run> (--runs-dir, --run; the default name says when and with what it
+started): best.pt (best test accuracy), last.pt (everything --resume needs), training_curves.png and the TensorBoard
+events. --resume continues the latest run (or --run NAME); predict_lenet.py uses the latest run's best.pt. --logdir and
+--checkpoint-dir put the logs or the checkpoints somewhere else.
 """
 
 from __future__ import annotations
@@ -26,12 +29,15 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from lenet import (
     CHECKPOINT_FORMAT,
     DEFAULT_DATA_DIR,
-    EXAMPLES_DIR,
+    RUNS_DIR,
     CheckpointError,
+    HelpFormatter,
+    latest_run,
     load_checkpoint,
     load_model_state,
     make_lenet,
     mnist_tensors,
+    new_run_name,
     save_atomically,
 )
 
@@ -39,21 +45,26 @@ TARGET_ACCURACY = 0.99  # the summary reports the training time until the test a
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--arch", choices=["lenet5", "classic"], default="lenet5")
-    p.add_argument("--activation", choices=["gelu_ext", "torch", "sigmoid"], default="gelu_ext")
-    p.add_argument("--approximate", choices=["none", "tanh"], default="none")
-    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=HelpFormatter)
+    p.add_argument("--arch", choices=["lenet5", "classic"], default="lenet5", help="network variant")
+    p.add_argument("--activation", choices=["gelu_ext", "torch", "sigmoid"], default="gelu_ext",
+                   help="gelu_ext.GELU, torch.nn.GELU or sigmoid")  # fmt: skip
+    p.add_argument("--approximate", choices=["none", "tanh"], default="none", help="GELU mode")
+    p.add_argument("--optimizer", choices=["adam", "adamw", "sgd"], default="adam", help="optimizer")
     p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    p.add_argument("--scheduler", choices=["onecycle", "cosine", "none"], default="onecycle")
-    p.add_argument("--epochs", type=int, default=8)
+    p.add_argument(
+        "--scheduler", choices=["onecycle", "cosine", "none"], default="onecycle", help="learning-rate schedule"
+    )
+    p.add_argument("--epochs", type=int, default=8, help="passes over the training set")
     p.add_argument("--batch-size", type=int, default=128, help="global batch size (split across processes)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto")
-    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
-    p.add_argument("--logdir", type=Path, default=EXAMPLES_DIR / "runs" / "lenet")
-    p.add_argument("--checkpoint-dir", type=Path, default=EXAMPLES_DIR / "checkpoints")
-    p.add_argument("--resume", action="store_true", help="continue from <checkpoint-dir>/last.pt")
+    p.add_argument("--seed", type=int, default=0, help="seed for initialization, shuffling and shifts")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default="auto", help="auto: cuda when available")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR, help="MNIST (torchvision layout)")
+    p.add_argument("--runs-dir", type=Path, default=RUNS_DIR, help="where run directories go")
+    p.add_argument("--run", help="run name (default: a new one from the time and settings; with --resume: the latest)")
+    p.add_argument("--logdir", type=Path, help="TensorBoard logs and curves (default: the run directory)")
+    p.add_argument("--checkpoint-dir", type=Path, help="best.pt and last.pt (default: the run directory)")
+    p.add_argument("--resume", action="store_true", help="continue a run from its last.pt")
     p.add_argument("--loader", choices=["tensors", "dataloader"], default="tensors",
                    help="tensors: the dataset lives on the device, shuffled by index (fast); "
                         "dataloader: torchvision's Dataset through a DataLoader")  # fmt: skip
@@ -222,6 +233,23 @@ def plot_curves(history, step_losses, path: Path) -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # Training
 # ---------------------------------------------------------------------------------------------------------------
+def run_paths(args) -> tuple[Path, Path]:
+    """(checkpoint directory, log directory) of this run. A new run never starts over existing checkpoints: each run
+    has its own directory, and reusing one takes --resume."""
+    if args.run is None and args.resume and args.checkpoint_dir is None:
+        try:
+            run_dir = latest_run(args.runs_dir, "last.pt")
+        except CheckpointError as error:
+            raise SystemExit(f"cannot resume: {error}") from None
+    else:
+        run_dir = args.runs_dir / (args.run or new_run_name(config_of(args)))
+    checkpoint_dir, logdir = args.checkpoint_dir or run_dir, args.logdir or run_dir
+    if not args.resume and any((checkpoint_dir / name).exists() for name in ("best.pt", "last.pt")):
+        raise SystemExit(f"{checkpoint_dir} already holds a run's checkpoints: --resume continues that run, another "
+                         "--run NAME (or --checkpoint-dir) starts a new one")  # fmt: skip
+    return checkpoint_dir, logdir
+
+
 def train(args) -> dict:
     rank, world, device = setup_distributed(args.device)
     if args.batch_size % world:
@@ -242,7 +270,10 @@ def train(args) -> dict:
     scheduler = make_scheduler(args, optimizer, steps_per_epoch)
     start_epoch, best_accuracy, history, step_losses, train_seconds, time_to_target = 0, 0.0, [], [], 0.0, None
 
-    last_path, best_path = args.checkpoint_dir / "last.pt", args.checkpoint_dir / "best.pt"
+    checkpoint_dir, logdir = run_paths(args)
+    if main_process:
+        print(f"run directory: {checkpoint_dir}" + (f" (logs: {logdir})" if logdir != checkpoint_dir else ""))
+    last_path, best_path = checkpoint_dir / "last.pt", checkpoint_dir / "best.pt"
     if args.resume:
         try:
             state = load_checkpoint(last_path, map_location=device)
@@ -267,7 +298,7 @@ def train(args) -> dict:
     if main_process:
         from torch.utils.tensorboard import SummaryWriter
 
-        writer = SummaryWriter(str(args.logdir))
+        writer = SummaryWriter(str(logdir))
     dataset = as_dataset(train_x, train_y) if args.loader == "dataloader" else None
 
     from tqdm import tqdm
@@ -330,7 +361,7 @@ def train(args) -> dict:
                "device": str(device)}  # fmt: skip
     if main_process:
         writer.close()
-        plot_curves(history, step_losses, args.logdir / "training_curves.png")
+        plot_curves(history, step_losses, logdir / "training_curves.png")
         reached = "not reached" if time_to_target is None else f"{time_to_target:.1f} s"
         print(f"best test accuracy {100 * summary['best_accuracy']:.2f}% | training time {train_seconds:.1f} s | "
               f"time to {100 * TARGET_ACCURACY:.1f}%: {reached} | {world} process(es) on {device}")  # fmt: skip

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import warnings
+from pathlib import Path
 
 import torch
 
@@ -11,7 +12,17 @@ try:
 except ImportError:  # a source checkout that was never built
     _build_config = None
 
-_REBUILD = "pip install --no-build-isolation --force-reinstall --no-deps gelu_ext (or `pip install -e .` in a checkout)"
+
+def rebuild_command() -> str:
+    """A command that rebuilds gelu_ext against the installed torch: from this checkout when the package is one (an
+    editable or in-place build), else from a checkout or sdist the user names."""
+    checkout = Path(__file__).resolve().parents[1]
+    if (checkout / "setup.py").is_file() and (checkout / "csrc").is_dir():
+        return f"pip install --no-build-isolation --no-deps -e {checkout}"
+    return "pip install --no-build-isolation --force-reinstall --no-deps <path to a gelu_ext checkout or sdist>"
+
+
+_REBUILD = rebuild_command()
 
 
 def _load():

@@ -5,9 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from .ops import gelu
-
-APPROXIMATE_MODES = ("none", "tanh")
+from .ops import check_approximate, gelu
 
 
 class GELU(nn.Module):
@@ -25,8 +23,7 @@ class GELU(nn.Module):
 
     def __init__(self, approximate: str = "none") -> None:
         super().__init__()
-        if approximate not in APPROXIMATE_MODES:
-            raise ValueError(f'approximate must be "none" or "tanh", got {approximate!r}')
+        check_approximate(approximate)
         self.approximate = approximate
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:

@@ -13,16 +13,30 @@ _gelu = torch.ops.gelu_ext.gelu.default
 _gelu_backward = torch.ops.gelu_ext.gelu_backward.default
 
 
+APPROXIMATE_MODES = ("none", "tanh")
+
+
+def check_approximate(approximate) -> None:
+    """A clear error for an `approximate` that is not one of the modes (None included, which the dispatcher would
+    reject with a bare type-cast message). The ops check the string too, in C++."""
+    if not isinstance(approximate, str) or approximate not in APPROXIMATE_MODES:
+        raise ValueError(f'approximate must be "none" or "tanh", got {approximate!r}')
+
+
 def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """GELU of `x`: x * Phi(x) (approximate="none") or its tanh approximation (approximate="tanh").
 
     Same signature and layout of the result as torch.nn.functional.gelu; more accurate (see README).
     """
+    if approximate.__class__ is not str:  # the common, valid call pays one identity test
+        check_approximate(approximate)
     return _gelu(x, approximate)
 
 
 def gelu_backward(grad_output: torch.Tensor, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """grad_output * d gelu(x) / dx, like torch.ops.aten.gelu_backward. Differentiable."""
+    if approximate.__class__ is not str:
+        check_approximate(approximate)
     return _gelu_backward(grad_output, x, approximate)
 
 

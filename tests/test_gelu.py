@@ -284,6 +284,19 @@ def test_unknown_approximate_lists_the_modes(bad):
         gelu_ext.GELU(bad)
 
 
+@pytest.mark.parametrize("bad", [None, 0, b"none"])
+def test_non_string_approximate_is_named_at_the_python_api(bad):
+    x = torch.ones(3)
+    for call in (
+        lambda: gelu_ext.gelu(x, bad),
+        lambda: gelu_ext.gelu_backward(x, x, bad),
+        lambda: gelu_ext.GELU(bad),
+        lambda: gelu_ext.GELUFunction.apply(x, bad),
+    ):
+        with pytest.raises(ValueError, match=r'approximate must be "none" or "tanh", got'):
+            call()
+
+
 def test_backward_argument_mismatches():
     with pytest.raises(ValueError, match=r"grad_output has shape \[3\] but x has shape \[4\]"):
         gelu_ext.gelu_backward(torch.ones(3), torch.ones(4))

@@ -121,3 +121,43 @@ def test_compiled_training_matches_eager(tmp_path):
 def test_dataloader_path_trains(tmp_path):
     summary = run_train(tmp_path, "--epochs", "1", "--loader", "dataloader")
     assert summary["best_accuracy"] > 0.8
+
+
+def test_help_shows_the_defaults(capsys):
+    expected = {train_lenet: ["(default: 8)", "(default: 0.003)", "(default: gelu_ext)", "(default: onecycle)"],
+                predict_lenet: ["(default: 16)", "examples/runs)"]}  # fmt: skip
+    for module, defaults in expected.items():
+        with pytest.raises(SystemExit):
+            module.parse_args(["--help"])
+        out = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+        for default in defaults:
+            assert default in out, f"{module.__name__} --help lacks {default}"
+        assert "(default: None)" not in out
+
+
+def test_runs_keep_their_own_directories_and_predict_names_the_model(tmp_path, capsys):
+    runs = ["--runs-dir", str(tmp_path), *SMALL, "--epochs", "1"]
+    first = train_lenet.main([*runs, "--run", "ours"])
+    second = train_lenet.main([*runs, "--run", "theirs", "--activation", "torch"])
+    ours, theirs = tmp_path / "ours", tmp_path / "theirs"
+    for run in (ours, theirs):
+        assert {"best.pt", "last.pt", "training_curves.png"} <= {p.name for p in run.iterdir()}
+        assert any(p.name.startswith("events.out.tfevents") for p in run.iterdir())
+    assert torch.load(ours / "best.pt", weights_only=True)["config"]["activation"] == "gelu_ext"
+    assert torch.load(theirs / "best.pt", weights_only=True)["config"]["activation"] == "torch"
+    assert first["best_accuracy"] > 0.5 and second["best_accuracy"] > 0.5
+    # a new run never starts over another's checkpoints; --resume without --run takes the latest run
+    with pytest.raises(SystemExit, match="already holds a run's checkpoints"):
+        train_lenet.main([*runs, "--run", "ours"])
+    resumed = train_lenet.main([*runs, "--activation", "torch", "--resume"])
+    assert len(resumed["history"]) == 1 and f"resumed from {theirs / 'last.pt'}" in capsys.readouterr().out
+    # predict: the latest run by default, titled from the checkpoint's own settings
+    predict_lenet.main(["--runs-dir", str(tmp_path), "--count", "4"])
+    assert "LeNet-5 + torch.nn.GELU" in capsys.readouterr().out and (theirs / "predictions.png").is_file()
+    predict_lenet.main(["--runs-dir", str(tmp_path), "--run", "ours", "--count", "4"])
+    assert "LeNet-5 + gelu_ext GELU" in capsys.readouterr().out and (ours / "predictions.png").is_file()
+
+
+def test_default_run_name_says_when_and_with_what():
+    name = lenet.new_run_name({"arch": "lenet5", "activation": "gelu_ext", "approximate": "tanh", "seed": 3})
+    assert name.endswith("-lenet5-gelu_ext-tanh-seed3") and name[:8].isdigit()

@@ -51,6 +51,9 @@ def test_wheel_installs_into_a_fresh_venv_and_works(tmp_path):
         env=env,
     )
     (wheel,) = wheels.glob("gelu_ext-*.whl")
+    # The build wrote nothing into the package sources it was built from (the copy has no build record or library).
+    assert not (src / "gelu_ext" / "_build_config.py").exists()
+    assert not list((src / "gelu_ext").glob("*.so"))
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
@@ -97,3 +100,28 @@ def test_build_config_matches_running_torch():
 
     assert _build_config.TORCH_VERSION == torch.__version__
     assert (_build_config.CUDA_ARCHS is not None) == gelu_ext.build_info()["with_cuda"]
+
+
+def test_rebuild_advice_names_a_real_path_or_command():
+    from gelu_ext._extension import rebuild_command
+
+    command = rebuild_command()
+    assert command.startswith("pip install --no-build-isolation")
+    if " -e " in command:  # an in-place or editable build: the checkout it names is one
+        checkout = Path(command.split(" -e ", 1)[1])
+        assert (checkout / "setup.py").is_file() and (checkout / "csrc" / "gelu_math.h").is_file()
+    else:
+        assert "<path to a gelu_ext checkout or sdist>" in command
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(sys.prefix == sys.base_prefix, reason="needs a virtual environment for quickstart.sh to reuse")
+def test_quickstart_does_not_rebuild_unchanged_sources():
+    env = {**os.environ, "VENV": sys.prefix}
+    outputs = []
+    for _ in range(2):  # the first call may build (a fresh environment); the second must find nothing to do
+        result = subprocess.run(["bash", "scripts/quickstart.sh", "build"], cwd=ROOT, env=env, capture_output=True,
+                                text=True, timeout=1800)  # fmt: skip
+        assert result.returncode == 0, result.stderr[-2000:]
+        outputs.append(result.stdout)
+    assert "build up to date" in outputs[1], outputs[1]

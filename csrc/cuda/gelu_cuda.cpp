@@ -35,7 +35,7 @@ void check_launch(cudaError_t status, const char* op) {
     cudaGetDeviceProperties(&props, device);
     TORCH_CHECK(false, op, ": gelu_ext has no kernel for this GPU (", props.name, ", sm_", props.major, props.minor,
                 "). Rebuild it for this architecture: TORCH_CUDA_ARCH_LIST=\"", props.major, ".", props.minor,
-                "\" pip install --no-build-isolation --force-reinstall --no-deps gelu_ext");
+                "\" pip install --no-build-isolation --force-reinstall --no-deps <path to a gelu_ext checkout or sdist>");
   }
   TORCH_CHECK(false, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }
