@@ -49,7 +49,7 @@ import torch
 import torch.nn.functional as F
 
 import gelu_ext
-from gelu_ext.reference import gelu_derivative, gelu_derivative_terms, gelu_reference
+from gelu_ext.reference import gelu_derivative, gelu_reference
 from gelu_ext.testing import derivative_ulp_error, every_finite_float32, ulp_error
 
 HERE = Path(__file__).resolve().parent
@@ -129,7 +129,8 @@ class CompiledProvider:
     def __init__(self, kind):
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-        self.fn = torch.compile(F.gelu if kind != "bwd" else _aten_backward, dynamic=False, fullgraph=True)
+        eager = backward_fn("aten") if kind == "bwd" else forward_fn("aten")  # the aten provider's own callables
+        self.fn = torch.compile(eager, dynamic=False, fullgraph=True)
 
     @contextlib.contextmanager
     def timed(self):
@@ -196,7 +197,7 @@ def make_callable(provider, mode, approximate, sets):
 
         def run_fwd():
             x, g = next_set()
-            return fn(x, approximate=approximate) if compiled else fn(x, approximate), x, g
+            return fn(x, approximate), x, g
 
         run = run_fwd
     elif mode == "bwd":
@@ -208,15 +209,13 @@ def make_callable(provider, mode, approximate, sets):
 
         run = run_bwd
     else:
-        fn = _Composite.apply if provider == "composite" else forward_fn("aten" if compiled else provider)
-        if compiled:
-            fn = compiled.fn
+        fn = compiled.fn if compiled else (_Composite.apply if provider == "composite" else forward_fn(provider))
         leaves = [(x.clone().requires_grad_(), g) for x, g in sets]
 
         def run_fwdbwd():
             state["i"] = (state["i"] + 1) % len(leaves)
             x, g = leaves[state["i"]]
-            (fn(x, approximate=approximate) if compiled else fn(x, approximate)).backward(g)
+            fn(x, approximate).backward(g)
             grad, x.grad = x.grad, None
             return grad, x.detach(), g
 
@@ -257,13 +256,13 @@ def _cuda_events_ms(run, repeats=100):
 
 def validate(provider, approximate, dtype, device):
     """Before timing: every provider computes GELU (on the moderate range where all of them are accurate)."""
+    if provider in ("copy", "compile"):
+        return  # the copy computes nothing; compile is checked per configuration, after timing
     x = torch.linspace(-4, 4, 1001, device=device).to(dtype)
     g = torch.randn_like(x)
     tol = {torch.float32: 1e-4, torch.bfloat16: 2e-2, torch.float16: 2e-3}[dtype]
     ref_y = gelu_reference(x.double(), approximate)
     ref_dx = g.double() * gelu_derivative(x.double(), approximate)
-    if provider in ("copy", "compile"):
-        return  # the copy computes nothing; compile is checked per configuration, after timing
     torch.testing.assert_close(forward_fn(provider)(x, approximate).double(), ref_y, atol=tol, rtol=tol)
     torch.testing.assert_close(backward_fn(provider)(g, x, approximate).double(), ref_dx, atol=4 * tol, rtol=tol)
 
@@ -286,9 +285,7 @@ def check_timed_output(provider, mode, approximate, run, samples=4096):
         if mode == "fwd":
             err = ulp_error(ys, reference)
         else:  # grad * d, in ulp of grad * (the larger of d's two terms); the product rounds once more
-            first, second = gelu_derivative_terms(xs.double(), approximate)
-            scale = gs.double().abs() * torch.maximum(first.abs(), second.abs())
-            err = ulp_error(ys, gs.double() * (first + second), scale)
+            err = derivative_ulp_error(ys, xs, approximate, grad=gs)
         bound = GELU_EXT_ULP_BOUND[mode]
         if float(err.max()) > bound:
             raise AssertionError(f"{where}: {float(err.max()):.2f} ulp, above {bound}")
@@ -403,13 +400,9 @@ def accuracy_table(device, approximate_modes):
     print("max |error| in float32 ulp against a float64 reference: forward (derivative, in ulp of the larger of its")
     print("two terms). inf: a NaN or infinity where the true value is finite.")
     print(f"{'provider':>10} {'approx':>6} " + " ".join(f"{name:>22}" for name in inputs))
-    compiled = {"fwd": torch.compile(F.gelu), "bwd": torch.compile(_aten_backward)}
-    fns = {
-        "gelu_ext": (gelu_ext.gelu, gelu_ext.gelu_backward),
-        "aten": (forward_fn("aten"), _aten_backward),
-        "compile": (lambda x, a: compiled["fwd"](x, approximate=a), compiled["bwd"]),
-        "composite": (composite_forward, composite_backward),
-    }
+    fns = {provider: (forward_fn(provider), backward_fn(provider)) for provider in ("gelu_ext", "aten")}
+    fns["compile"] = (torch.compile(forward_fn("aten")), torch.compile(backward_fn("aten")))
+    fns["composite"] = (forward_fn("composite"), backward_fn("composite"))
     results = []
     for approximate in approximate_modes:
         for provider, (fwd_fn, bwd_fn) in fns.items():

@@ -156,7 +156,6 @@ GELU_HOST_DEVICE float times_exp(float scaled, float r, float u, float correctio
   return fma_f(scaled, fma_f(r, u, correction), scaled) * signed_scale_down;
 }
 
-// |x| clamped to `limit`; NaN stays NaN.
 // |x| clamped to `limit`, as an integer minimum of the bit patterns (ordered like the values for non-negative
 // floats): one instruction, where a float select lets GCC split every later use of the result into a select of its
 // own (measured: 10-20% of the AVX2 loops). NaN becomes `limit`: callers propagate NaN through x itself.
@@ -164,6 +163,17 @@ GELU_HOST_DEVICE float abs_clamped(float x, float limit) {
   const int32_t a_bits = bit_cast<int32_t>(x) & 0x7fffffff;
   const int32_t limit_bits = bit_cast<int32_t>(limit);
   return bit_cast<float>(a_bits < limit_bits ? a_bits : limit_bits);
+}
+
+// Both modes compute g(a) = gelu(-a) (or g(a) = gelu'(-a)) for a = |x| and map it to x's side by symmetry:
+// gelu(x) - gelu(-x) = x and gelu'(x) + gelu'(-x) = 1.
+GELU_HOST_DEVICE float gelu_from_negative_side(float x, float g) {
+  return x < 0.0f ? g : x + g;  // -0 -> -0; NaN x takes the second: NaN
+}
+
+GELU_HOST_DEVICE float derivative_from_negative_side(float x, float g) {
+  const float derivative = x < 0.0f ? g : 1.0f - g;
+  return x == x ? derivative : x;  // NaN x: abs_clamped made a finite, so g is not NaN
 }
 
 // The erf mode's parts at a = |x| <= 15:  Phi(-a) = exp(-a^2/2) R(a),  R(a) = erfcx(a/sqrt 2) / 2.
@@ -177,7 +187,7 @@ GELU_HOST_DEVICE float abs_clamped(float x, float limit) {
 // Cost: 11 + 13 (exp) = 24 operations + div.
 struct NormalParts {
   float a_qg, a_q1, den;  // a R(a) = a_qg / den, R(a) = (1 + a_q1) / den
-  float r, u, scale;    // exp(-a^2/2) as exp_parts gives it (a nested struct would keep GCC from vectorizing)
+  float r, u, scale;      // exp(-a^2/2) as ExpParts (a nested struct would keep GCC from vectorizing)
 };
 
 constexpr float kErfClamp = 15.0f;  // 15 Phi(-15) = 5.5e-50: gelu(-15) rounds to -0, gelu(15) to 15
@@ -202,34 +212,31 @@ GELU_HOST_DEVICE NormalParts normal_parts(float a) {
 }
 
 // gelu(x) = x Phi(x). With g(a) = -a Phi(-a) = gelu(-a): gelu(x) = g(a) for x < 0, and x + g(a) for x >= 0
-// (gelu(x) - gelu(-x) = x; a = x below the clamp, and beyond it g(a) rounds to -0).  Cost: ~33 + div.
+// (a = x below the clamp, and beyond it g(a) rounds to -0).
 GELU_HOST_DEVICE float gelu_erf(float x) {
-  const float a = abs_clamped(x, kErfClamp);  // NaN x: x + g(a) is NaN
+  const float a = abs_clamped(x, kErfClamp);
   const NormalParts n = normal_parts(a);
-  const float negative = times_exp((n.a_qg / n.den) * n.scale, n.r, n.u, 0.0f, -kScaleDown);
-  return x < 0.0f ? negative : x + negative;  // -0 -> -0; NaN takes the second: NaN
+  return gelu_from_negative_side(x, times_exp((n.a_qg / n.den) * n.scale, n.r, n.u, 0.0f, -kScaleDown));
 }
 
 // gelu'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi). With g(a) = gelu'(-a) = exp(-a^2/2) v,
 // v = R(a) - a / sqrt(2 pi) (cancels only next to the zero at a ~ 0.75): gelu'(x) = g(a) for x < 0, 1 - g(a) for
-// x >= 0 (gelu'(x) + gelu'(-x) = 1).  Cost: ~34 + div.
+// x >= 0.
 GELU_HOST_DEVICE float gelu_erf_derivative(float x) {
   const float a = abs_clamped(x, kErfClamp);
   const NormalParts n = normal_parts(a);
   const float v = fma_f(-a, kInvSqrt2PiF, (1.0f + n.a_q1) / n.den);
-  const float negative = times_exp(v * n.scale, n.r, n.u, 0.0f, kScaleDown);
-  const float derivative = x < 0.0f ? negative : 1.0f - negative;
-  return x == x ? derivative : x;  // NaN x (the clamp made a finite)
+  return derivative_from_negative_side(x, times_exp(v * n.scale, n.r, n.u, 0.0f, kScaleDown));
 }
 
 // The tanh mode's e = exp(-|s|), s = C1 x (1 + kappa x^2), C1 = 2 sqrt(2/pi), kappa = 0.044715, and
 // inv = 1 / (1 + e). |s| = s_hi + s_lo in double-float: a^2 = h + l (one FMA), 1 + kappa a^2 = v + v_lo (v - 1 is
 // exact for v >= 1, so its rounding error is one more FMA), C1 a = w + w_lo, w v = s_hi + rounding error. exp turns
 // an absolute error of s into the same relative error, and |s| reaches 113. inv's two roundings (1 + e, then 1/.)
-// are measured as for t above: correction = 1 - inv (1 + e) to first order, inv_exact = inv (1 + correction).
-// Cost: 14 for s, 12 exp, 10 + div.
+// are measured exactly: correction = 1 - inv (1 + e) (the rounding error of 1 + e by Fast2Sum, then the reciprocal's
+// residual by one FMA), so inv_exact = inv (1 + correction) to first order.
 struct TanhParts {
-  float r, u, scale;  // exp(-|s|) as exp_parts gives it (a nested struct would keep GCC from vectorizing)
+  float r, u, scale;  // exp(-|s|) as ExpParts (a nested struct would keep GCC from vectorizing)
   float inv;          // 1 / (1 + exp(-|s|)), rounded
   float correction;   // its relative error
 };
@@ -261,44 +268,46 @@ GELU_HOST_DEVICE TanhParts tanh_parts(float a) {
 }
 
 // gelu_tanh(x) = 0.5 x (1 + tanh(z)) = x sigmoid(s). With g(a) = -a e / (1 + e) = gelu_tanh(-a): g(a) for x < 0,
-// x + g(a) for x >= 0.  Cost: ~44 + div.
+// x + g(a) for x >= 0.
 GELU_HOST_DEVICE float gelu_tanh(float x) {
-  const float a = abs_clamped(x, kTanhClamp);  // NaN x: x + g(a) is NaN
+  const float a = abs_clamped(x, kTanhClamp);
   const TanhParts p = tanh_parts(a);
-  const float negative = times_exp((a * p.inv) * p.scale, p.r, p.u, p.correction, -kScaleDown);
-  return x < 0.0f ? negative : x + negative;
+  return gelu_from_negative_side(x, times_exp((a * p.inv) * p.scale, p.r, p.u, p.correction, -kScaleDown));
 }
 
 // d/dx [x sigmoid(s)] = sigmoid(s) (1 + x s' (1 - sigmoid(s))). At x = -a: sigmoid = e inv, 1 - sigmoid = inv,
 // g(a) = e inv (1 - a s' inv), s' = C1 + 3 C1 kappa a^2. gelu_tanh'(x) = g(a) for x < 0, 1 - g(a) for x >= 0.
-// Cost: ~43 + div.
 GELU_HOST_DEVICE float gelu_tanh_derivative(float x) {
   const float a = abs_clamped(x, kTanhClamp);
   const TanhParts p = tanh_parts(a);
   const float inv = fma_f(p.inv, p.correction, p.inv);
   const float a_ds = a * fma_f(k3C2, a * a, kC1Hi);
-  const float negative = times_exp((fma_f(-a_ds, inv, 1.0f) * inv) * p.scale, p.r, p.u, 0.0f, kScaleDown);
-  const float derivative = x < 0.0f ? negative : 1.0f - negative;
-  return x == x ? derivative : x;  // NaN x (the clamp made a finite)
+  const float g = times_exp((fma_f(-a_ds, inv, 1.0f) * inv) * p.scale, p.r, p.u, 0.0f, kScaleDown);
+  return derivative_from_negative_side(x, g);
 }
 
 // ---------------------------------------------------------------------------------------------------------
 // double: the C library's (host) or CUDA's (device) erfc and exp; same formulas, no cancellation.
 // ---------------------------------------------------------------------------------------------------------
+// NaN-preserving clamp of x to [-limit, limit] (comparisons with NaN are false, so NaN passes through).
+GELU_HOST_DEVICE double clamp_abs(double x, double limit) {
+  return x > limit ? limit : (x < -limit ? -limit : x);
+}
+
 // erfc(-t) = 2 - erfc(t) has no cancellation for t > 0, and for t < 0 erfc is accurate by itself.
 GELU_HOST_DEVICE double gelu_erf(double x) {
-  const double xc = x > kClamp ? kClamp : (x < -kClamp ? -kClamp : x);
+  const double xc = clamp_abs(x, kClamp);
   const double phi = 0.5 * ::erfc(-xc * kSqrtHalf);
   return x < 0.0 ? xc * phi : x * phi;
 }
 
 GELU_HOST_DEVICE double gelu_erf_derivative(double x) {
-  const double xc = x > kClamp ? kClamp : (x < -kClamp ? -kClamp : x);
+  const double xc = clamp_abs(x, kClamp);
   return 0.5 * ::erfc(-xc * kSqrtHalf) + xc * kInvSqrt2Pi * ::exp(-0.5 * xc * xc);
 }
 
 GELU_HOST_DEVICE double gelu_tanh(double x) {
-  const double xc = x > kClamp ? kClamp : (x < -kClamp ? -kClamp : x);
+  const double xc = clamp_abs(x, kClamp);
   const double s = xc * fma(kTanhC2, xc * xc, kTanhC1);
   const double e = ::exp(s < 0.0 ? s : -s);
   const double inv = 1.0 / (1.0 + e);
@@ -306,7 +315,7 @@ GELU_HOST_DEVICE double gelu_tanh(double x) {
 }
 
 GELU_HOST_DEVICE double gelu_tanh_derivative(double x) {
-  const double xc = x > kClamp ? kClamp : (x < -kClamp ? -kClamp : x);
+  const double xc = clamp_abs(x, kClamp);
   const double s = xc * fma(kTanhC2, xc * xc, kTanhC1);
   const double x_ds = xc * fma(3.0 * kTanhC2, xc * xc, kTanhC1);
   const double e = ::exp(s < 0.0 ? s : -s);

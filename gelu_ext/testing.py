@@ -6,14 +6,18 @@ to the same matrix.
 
 from __future__ import annotations
 
+import contextlib
+
 import torch
 
 from . import _extension
 from ._extension import build_info
+from .ops import APPROXIMATE_MODES
 from .reference import gelu_derivative_terms
 
+__all__ = ["APPROXIMATE_MODES"]  # re-exported: the test matrix's modes are the API's
+
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
-APPROXIMATE_MODES = ("none", "tanh")
 
 # The maxima of the float32 math over every finite float32 (benchmarks/exhaustive_ulp.cpp; forward in ulp of the
 # result, derivative in ulp of the larger of its two terms). The README states these figures and the tests hold every
@@ -87,12 +91,19 @@ def ulp_error(result: torch.Tensor, reference: torch.Tensor, scale: torch.Tensor
     return torch.where(err.isnan(), torch.full_like(err, float("inf")), err)
 
 
-def derivative_ulp_error(result: torch.Tensor, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """Error of a GELU derivative at x, in ulp of the larger of the two terms it sums (Phi(x) and x phi(x), or
-    their tanh-mode counterparts). That is the result's own ulp everywhere but next to the zero at x ~ -0.75, and
-    in particular in the whole negative tail, where a kernel returning 0 or aten's cancelling formula is caught."""
+def derivative_ulp_error(
+    result: torch.Tensor, x: torch.Tensor, approximate: str = "none", grad: torch.Tensor | None = None
+) -> torch.Tensor:
+    """Error of a GELU derivative at x (times `grad`, if given), in ulp of the larger of the two terms it sums
+    (Phi(x) and x phi(x), or their tanh-mode counterparts). That is the result's own ulp everywhere but next to the
+    zero at x ~ -0.75, and in particular in the whole negative tail, where a kernel returning 0 or aten's cancelling
+    formula is caught."""
     first, second = gelu_derivative_terms(x.to(torch.float64), approximate)
-    return ulp_error(result, first + second, torch.maximum(first.abs(), second.abs()))
+    scale = torch.maximum(first.abs(), second.abs())
+    if grad is None:
+        return ulp_error(result, first + second, scale)
+    g = grad.to(torch.float64)
+    return ulp_error(result, g * (first + second), g.abs() * scale)
 
 
 def every_finite_float32(stride: int = 1, offset: int = 0) -> torch.Tensor:
@@ -100,6 +111,17 @@ def every_finite_float32(stride: int = 1, offset: int = 0) -> torch.Tensor:
     bits = torch.arange(offset, 0x7F800000, stride, dtype=torch.int64)
     positive = bits.to(torch.int32).view(torch.float32)
     return torch.cat([positive, -positive])
+
+
+@contextlib.contextmanager
+def cpu_capability(isa: str):
+    """Run the CPU kernels with one instruction set inside the block, then go back to the best one."""
+    best = _extension._C.cpu_capability()
+    try:
+        _extension._C.set_cpu_capability(isa)
+        yield
+    finally:
+        _extension._C.set_cpu_capability(best)
 
 
 def available_cpu_capabilities() -> list[str]:

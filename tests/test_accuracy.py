@@ -18,12 +18,12 @@ import torch
 import torch.nn.functional as F
 
 import gelu_ext
-from gelu_ext import _extension
 from gelu_ext.reference import gelu_reference
 from gelu_ext.testing import (
     APPROXIMATE_MODES,
     MEASURED_MAX_ULP,
     available_cpu_capabilities,
+    cpu_capability,
     derivative_ulp_error,
     devices,
     every_finite_float32,
@@ -107,9 +107,7 @@ def test_subnormal_results_keep_the_forward_bound(approximate):
 def test_every_instruction_set_within_the_measured_maximum(isa):
     # A dense sweep through the shipped op, per CPU code path: every 257th finite float32 (33 million values).
     x = every_finite_float32(stride=257, offset=3)
-    best = _extension._C.cpu_capability()
-    try:
-        _extension._C.set_cpu_capability(isa)
+    with cpu_capability(isa):
         for approximate in APPROXIMATE_MODES:
             for chunk in x.split(1 << 22):
                 fwd = ulp_error(gelu_ext.gelu(chunk, approximate), gelu_reference(chunk.double(), approximate))
@@ -117,8 +115,6 @@ def test_every_instruction_set_within_the_measured_maximum(isa):
                                            approximate)  # fmt: skip
                 assert fwd.max() <= MEASURED_MAX_ULP[approximate]["forward"], (isa, approximate)
                 assert bwd.max() <= MEASURED_MAX_ULP[approximate]["derivative"], (isa, approximate)
-    finally:
-        _extension._C.set_cpu_capability(best)
 
 
 @pytest.mark.slow
