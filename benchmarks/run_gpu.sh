@@ -4,6 +4,9 @@
 #
 #   bash benchmarks/run_gpu.sh            # on a machine with an NVIDIA GPU, nvcc and a CUDA build of torch
 #
+# With a wheel in .whl/ (scripts/build_wheel.sh .whl on the build machine, carried along), it also installs that
+# wheel unchanged and runs the op and CUDA tests against it.
+#
 # Uses the python3 on PATH as it is (no virtual environment): torch, pytest, hypothesis and triton must be there.
 set -uo pipefail
 cd "$(dirname "$0")/.."
@@ -31,6 +34,23 @@ for tool in memcheck racecheck; do
        "$(grep -E '^=+ ERROR SUMMARY' "$out/sanitizer-$tool.log" | sort | uniq -c | tr '\n' ' ')"
   [ $rc -eq 0 ] || status=1
 done
+
+# The release wheel built on the CPU machine (Python 3.11, another torch), when the call carried it in .whl/: installed
+# unchanged into a venv on this machine's Python and torch, then the op and CUDA tests run against it from a directory
+# without the checkout, so they import the wheel's gelu_ext.
+wheel=$(ls .whl/gelu_ext-*.whl 2> /dev/null | head -1)
+if [ -n "$wheel" ]; then
+  echo "== the carried wheel: $wheel"
+  wheel_dir=$(mktemp -d)
+  python3 -m venv --system-site-packages "$wheel_dir/venv"
+  "$wheel_dir/venv/bin/python" -m pip install -q --no-deps --no-index "$wheel" > "$out/wheel-install.log" 2>&1 \
+    || { tail -5 "$out/wheel-install.log"; status=1; }
+  mkdir "$wheel_dir/tests" && cp tests/conftest.py tests/test_gelu.py tests/test_gelu_cuda.py "$wheel_dir/tests/"
+  (cd "$wheel_dir" && venv/bin/python -c "import gelu_ext; print(gelu_ext.__file__, gelu_ext.build_info())" &&
+    venv/bin/python -m pytest -q -p no:cacheprovider -m "not large_gpu" tests) 2>&1 | tee "$out/wheel-tests.log" \
+    | tail -5
+  grep -qE "[0-9]+ passed" "$out/wheel-tests.log" && ! grep -qE "[0-9]+ (failed|error)" "$out/wheel-tests.log" || status=1
+fi
 
 echo "== benchmarks"
 python3 benchmarks/kernel_ops.py --arch "sm_${arch/./}" 2>&1 | tee "$out/kernel-ops.txt" | tail -20

@@ -13,7 +13,7 @@ from .function import GELUFunction
 from .modules import GELU
 from .ops import gelu, gelu_backward  # importing ops also registers the fake kernels
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"
 
 build_info = _extension.build_info
 

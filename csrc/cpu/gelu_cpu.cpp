@@ -9,12 +9,11 @@
 // call, exact but slow (it exists for pre-2013 CPUs).
 //
 // Memory traffic per element: forward reads 1 and writes 1 (8 bytes for float32), backward reads 2 and
-// writes 1 (12 bytes). The work is split across threads with at::parallel_for.
-#include <ATen/Dispatch.h>
-#include <ATen/Parallel.h>
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
-#include <torch/library.h>
+// writes 1 (12 bytes). The work is split across torch's intra-op threads (torch::stable::parallel_for).
+#include <torch/csrc/stable/library.h>
+#include <torch/csrc/stable/ops.h>
+#include <torch/headeronly/util/BFloat16.h>
+#include <torch/headeronly/util/Half.h>
 
 #include <algorithm>
 #include <cstdint>
@@ -119,10 +118,9 @@ CpuCapability parse_capability(const std::string& name) {
   } else if (name == "avx512") {
     wanted = CpuCapability::kAvx512;
   } else {
-    TORCH_CHECK_VALUE(false, "gelu_ext: unknown CPU capability \"", name, "\"; use avx512, avx2 or baseline");
+    check_value(false, "gelu_ext: unknown CPU capability \"", name, "\"; use avx512, avx2 or baseline");
   }
-  TORCH_CHECK_VALUE(static_cast<int>(wanted) <= static_cast<int>(best), "gelu_ext: this CPU does not support ",
-                    name);
+  check_value(static_cast<int>(wanted) <= static_cast<int>(best), "gelu_ext: this CPU does not support ", name);
   return wanted;
 }
 
@@ -167,13 +165,31 @@ void backward_span(const scalar_t* grad, const scalar_t* x, scalar_t* y, int64_t
 // 6-11 us of work, enough to amortize handing a chunk to a thread (~1-2 us).
 constexpr int64_t kGrainSize = 16384;
 
-at::Tensor gelu_cpu(const at::Tensor& x, c10::string_view approximate) {
+// Calls fn with a null pointer of the storage type of `dtype`, which the caller has checked is supported.
+template <typename Fn>
+void dispatch_floating(ScalarType dtype, Fn&& fn) {
+  switch (dtype) {
+    case ScalarType::Float:
+      return fn(static_cast<float*>(nullptr));
+    case ScalarType::Double:
+      return fn(static_cast<double*>(nullptr));
+    case ScalarType::Half:
+      return fn(static_cast<c10::Half*>(nullptr));
+    case ScalarType::BFloat16:
+      return fn(static_cast<c10::BFloat16*>(nullptr));
+    default:
+      check_runtime(false, "gelu_ext: unsupported dtype ", dtype);
+  }
+}
+
+Tensor gelu_cpu(const Tensor& x, std::string_view approximate) {
   const Operands ops = prepare_forward(x, approximate);
   const int64_t n = ops.out.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gelu_ext_gelu_cpu", [&] {
-    const scalar_t* src = ops.x.const_data_ptr<scalar_t>();
-    scalar_t* dst = ops.out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
+  dispatch_floating(x.scalar_type(), [&](auto* type_tag) {
+    using scalar_t = std::remove_pointer_t<decltype(type_tag)>;
+    const auto* src = static_cast<const scalar_t*>(ops.x.const_data_ptr());
+    auto* dst = static_cast<scalar_t*>(ops.out.mutable_data_ptr());
+    torch::stable::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
       if (ops.mode == Approximate::kTanh) {
         forward_span<GeluForward<Approximate::kTanh>>(src + begin, dst + begin, end - begin);
       } else {
@@ -184,14 +200,15 @@ at::Tensor gelu_cpu(const at::Tensor& x, c10::string_view approximate) {
   return ops.out;
 }
 
-at::Tensor gelu_backward_cpu(const at::Tensor& grad, const at::Tensor& x, c10::string_view approximate) {
+Tensor gelu_backward_cpu(const Tensor& grad, const Tensor& x, std::string_view approximate) {
   const Operands ops = prepare_backward(grad, x, approximate);
   const int64_t n = ops.out.numel();
-  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, x.scalar_type(), "gelu_ext_gelu_backward_cpu", [&] {
-    const scalar_t* g = ops.grad.const_data_ptr<scalar_t>();
-    const scalar_t* src = ops.x.const_data_ptr<scalar_t>();
-    scalar_t* dst = ops.out.mutable_data_ptr<scalar_t>();
-    at::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
+  dispatch_floating(x.scalar_type(), [&](auto* type_tag) {
+    using scalar_t = std::remove_pointer_t<decltype(type_tag)>;
+    const auto* g = static_cast<const scalar_t*>(ops.grad.const_data_ptr());
+    const auto* src = static_cast<const scalar_t*>(ops.x.const_data_ptr());
+    auto* dst = static_cast<scalar_t*>(ops.out.mutable_data_ptr());
+    torch::stable::parallel_for(0, n, kGrainSize, [&](int64_t begin, int64_t end) {
       if (ops.mode == Approximate::kTanh) {
         backward_span<GeluBackward<Approximate::kTanh>>(g + begin, src + begin, dst + begin, end - begin);
       } else {
@@ -219,7 +236,7 @@ void set_cpu_capability(const std::string& name) { capability() = parse_capabili
 
 }  // namespace gelu_ext
 
-TORCH_LIBRARY_IMPL(gelu_ext, CPU, m) {
-  m.impl("gelu", &gelu_ext::gelu_cpu);
-  m.impl("gelu_backward", &gelu_ext::gelu_backward_cpu);
+STABLE_TORCH_LIBRARY_IMPL(gelu_ext, CPU, m) {
+  m.impl("gelu", TORCH_BOX(&gelu_ext::gelu_cpu));
+  m.impl("gelu_backward", TORCH_BOX(&gelu_ext::gelu_backward_cpu));
 }
