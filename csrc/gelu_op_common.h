@@ -3,8 +3,7 @@
 //
 // Only the LibTorch stable ABI is used (torch/csrc/stable, torch/headeronly): the compiled library calls libtorch
 // through its versioned C shim, so one build loads on every torch from the TORCH_TARGET_VERSION that setup.py sets
-// (2.10) on. Errors are standard exceptions; the dispatcher's Python binding turns std::invalid_argument into
-// ValueError and any other std::exception into RuntimeError.
+// (2.10) on. Errors are std::runtime_error (see check below).
 #pragma once
 
 #include <torch/csrc/stable/device.h>
@@ -37,16 +36,12 @@ std::string concat(const Args&... args) {
   return std::move(out).str();
 }
 
-// A bad argument value (a shape, a mode): ValueError in Python.
+// Every error is a std::runtime_error, RuntimeError in Python. The stable ABI carries only standard exceptions, and
+// how the dispatcher translates the others differs between torch releases (std::invalid_argument became ValueError
+// with torch 2.14 and RuntimeError with 2.15), so the kernels use one type everywhere; the Python API checks the
+// values first and raises ValueError (gelu_ext/ops.py).
 template <typename... Args>
-inline void check_value(bool ok, const Args&... message) {
-  if (!ok) throw std::invalid_argument(concat(message...));
-}
-
-// Anything else the caller can fix (a dtype, a device, a missing backend): RuntimeError in Python, like
-// F.gelu's own "not implemented for 'Long'".
-template <typename... Args>
-inline void check_runtime(bool ok, const Args&... message) {
+inline void check(bool ok, const Args&... message) {
   if (!ok) throw std::runtime_error(concat(message...));
 }
 
@@ -69,7 +64,7 @@ inline std::string device_string(const torch::stable::Device& device) {
 inline Approximate parse_approximate(std::string_view approximate, const char* op) {
   if (approximate == "none") return Approximate::kNone;
   if (approximate == "tanh") return Approximate::kTanh;
-  check_value(false, op, ": approximate must be \"none\" or \"tanh\", got \"", approximate, "\"");
+  check(false, op, ": approximate must be \"none\" or \"tanh\", got \"", approximate, "\"");
   return Approximate::kNone;  // unreachable
 }
 
@@ -79,18 +74,18 @@ inline bool is_supported_dtype(ScalarType dtype) {
 }
 
 inline void check_input(const Tensor& t, const char* op, const char* name) {
-  check_runtime(is_supported_dtype(t.scalar_type()), op, ": ", name, " has dtype ", t.scalar_type(),
-                ", but only float32, float64, float16 and bfloat16 are supported");
+  check(is_supported_dtype(t.scalar_type()), op, ": ", name, " has dtype ", t.scalar_type(),
+        ", but only float32, float64, float16 and bfloat16 are supported");
 }
 
 inline void check_same(const Tensor& grad_output, const Tensor& x, const char* op) {
   const auto grad_sizes = grad_output.sizes();
   const auto x_sizes = x.sizes();
-  check_value(std::equal(grad_sizes.begin(), grad_sizes.end(), x_sizes.begin(), x_sizes.end()), op,
+  check(std::equal(grad_sizes.begin(), grad_sizes.end(), x_sizes.begin(), x_sizes.end()), op,
               ": grad_output has shape ", shape_string(grad_sizes), " but x has shape ", shape_string(x_sizes));
-  check_runtime(grad_output.scalar_type() == x.scalar_type(), op, ": grad_output has dtype ",
+  check(grad_output.scalar_type() == x.scalar_type(), op, ": grad_output has dtype ",
               grad_output.scalar_type(), " but x has dtype ", x.scalar_type());
-  check_runtime(grad_output.device() == x.device(), op, ": grad_output is on ",
+  check(grad_output.device() == x.device(), op, ": grad_output is on ",
                 device_string(grad_output.device()), " but x is on ", device_string(x.device()));
 }
 

@@ -6,7 +6,6 @@
 #include <Python.h>
 
 #include <exception>
-#include <stdexcept>
 #include <string>
 
 namespace gelu_ext {
@@ -25,11 +24,8 @@ PyObject* set_cpu_capability(PyObject* /*self*/, PyObject* args) {
   if (!PyArg_ParseTuple(args, "s:set_cpu_capability", &name)) return nullptr;
   try {
     gelu_ext::set_cpu_capability(name);
-  } catch (const std::invalid_argument& error) {
+  } catch (const std::exception& error) {  // an unknown name, or one this CPU does not support
     PyErr_SetString(PyExc_ValueError, error.what());
-    return nullptr;
-  } catch (const std::exception& error) {
-    PyErr_SetString(PyExc_RuntimeError, error.what());
     return nullptr;
   }
   Py_RETURN_NONE;

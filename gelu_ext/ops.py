@@ -17,6 +17,7 @@ _below_autograd = torch._C._AutoDispatchBelowAutograd
 
 
 APPROXIMATE_MODES = ("none", "tanh")
+_MODES = frozenset(APPROXIMATE_MODES)
 
 # The constants of csrc/gelu_math.h's double path, for gelu''.
 _INV_SQRT_2PI = 0.39894228040143268  # 1 / sqrt(2 pi)
@@ -27,7 +28,7 @@ _CLAMP = 1.0e4  # |x| beyond this behaves like +-inf: no inf * 0 in gelu''
 
 def check_approximate(approximate) -> None:
     """A clear error for an `approximate` that is not one of the modes (None included, which the dispatcher would
-    reject with a bare type-cast message). The ops check the string too, in C++."""
+    reject with a bare type-cast message). The ops check the string too, in C++ (RuntimeError)."""
     if not isinstance(approximate, str) or approximate not in APPROXIMATE_MODES:
         raise ValueError(f'approximate must be "none" or "tanh", got {approximate!r}')
 
@@ -37,15 +38,21 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
 
     Same signature and layout of the result as torch.nn.functional.gelu; more accurate (see README).
     """
-    if approximate.__class__ is not str:  # the common, valid call pays one identity test
+    # The Python API raises ValueError for a bad mode on every torch release (the kernels raise RuntimeError:
+    # csrc/gelu_op_common.h). The common, valid call pays one identity test and one set lookup.
+    if approximate.__class__ is not str or approximate not in _MODES:
         check_approximate(approximate)
     return _gelu(x, approximate)
 
 
 def gelu_backward(grad_output: torch.Tensor, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     """grad_output * d gelu(x) / dx, like torch.ops.aten.gelu_backward. Differentiable."""
-    if approximate.__class__ is not str:
+    if approximate.__class__ is not str or approximate not in _MODES:
         check_approximate(approximate)
+    if grad_output.shape != x.shape:
+        raise ValueError(
+            f"gelu_ext.gelu_backward: grad_output has shape {list(grad_output.shape)} but x has shape {list(x.shape)}"
+        )
     return _gelu_backward(grad_output, x, approximate)
 
 

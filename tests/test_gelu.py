@@ -253,9 +253,9 @@ def test_cpu_instruction_sets_are_bit_identical():
 
 
 # ----------------------------------------------------------------------------------------------------------------
-# Errors: a clear message naming the problem. The kernels raise standard C++ exceptions (the stable ABI has no
-# c10::Error): std::invalid_argument arrives as ValueError, anything else as RuntimeError, which is what F.gelu
-# raises for an unsupported dtype too.
+# Errors: a clear message naming the problem. The kernels raise RuntimeError for everything (the stable ABI carries
+# only standard exceptions, translated differently by different torch releases), as F.gelu does for a dtype; the
+# Python API raises ValueError for a bad mode or shape before the kernel runs.
 # ----------------------------------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.int32, torch.int64, torch.uint8, torch.bool, torch.complex64], ids=str)
 def test_unsupported_dtype_is_named(dtype):
@@ -294,6 +294,13 @@ def test_non_string_approximate_is_named_at_the_python_api(bad):
     ):
         with pytest.raises(ValueError, match=r'approximate must be "none" or "tanh", got'):
             call()
+
+
+def test_the_op_itself_names_a_bad_mode_with_a_runtime_error_on_every_torch():
+    with pytest.raises(RuntimeError, match=r'gelu_ext.gelu: approximate must be "none" or "tanh", got "fast"'):
+        torch.ops.gelu_ext.gelu(torch.ones(3), "fast")
+    with pytest.raises(RuntimeError, match=r"grad_output has shape \[3\] but x has shape \[4\]"):
+        torch.ops.gelu_ext.gelu_backward(torch.ones(3), torch.ones(4))
 
 
 def test_backward_argument_mismatches():

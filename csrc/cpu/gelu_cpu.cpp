@@ -118,9 +118,9 @@ CpuCapability parse_capability(const std::string& name) {
   } else if (name == "avx512") {
     wanted = CpuCapability::kAvx512;
   } else {
-    check_value(false, "gelu_ext: unknown CPU capability \"", name, "\"; use avx512, avx2 or baseline");
+    check(false, "gelu_ext: unknown CPU capability \"", name, "\"; use avx512, avx2 or baseline");
   }
-  check_value(static_cast<int>(wanted) <= static_cast<int>(best), "gelu_ext: this CPU does not support ", name);
+  check(static_cast<int>(wanted) <= static_cast<int>(best), "gelu_ext: this CPU does not support ", name);
   return wanted;
 }
 
@@ -178,7 +178,7 @@ void dispatch_floating(ScalarType dtype, Fn&& fn) {
     case ScalarType::BFloat16:
       return fn(static_cast<c10::BFloat16*>(nullptr));
     default:
-      check_runtime(false, "gelu_ext: unsupported dtype ", dtype);
+      check(false, "gelu_ext: unsupported dtype ", dtype);
   }
 }
 

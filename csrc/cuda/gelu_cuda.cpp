@@ -27,7 +27,7 @@ cuda::DType to_kernel_dtype(ScalarType t) {
     case ScalarType::BFloat16:
       return cuda::DType::kBFloat16;
     default:
-      check_runtime(false, "gelu_ext: unsupported dtype ", t);
+      check(false, "gelu_ext: unsupported dtype ", t);
       return cuda::DType::kFloat32;  // unreachable
   }
 }
@@ -39,11 +39,11 @@ void check_launch(cudaError_t status, const char* op) {
     cudaDeviceProp props{};
     cudaGetDevice(&device);
     cudaGetDeviceProperties(&props, device);
-    check_runtime(false, op, ": gelu_ext has no kernel for this GPU (", props.name, ", sm_", props.major,
+    check(false, op, ": gelu_ext has no kernel for this GPU (", props.name, ", sm_", props.major,
                   props.minor, "). Rebuild it for this architecture: TORCH_CUDA_ARCH_LIST=\"", props.major, ".",
                   props.minor, "\" pip install --force-reinstall --no-deps <path to a gelu_ext checkout or sdist>");
   }
-  check_runtime(false, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
+  check(false, op, ": CUDA kernel launch failed: ", cudaGetErrorString(status));
 }
 
 // The device guard and stream of one call on x's device.
@@ -56,7 +56,7 @@ struct OnDevice {
   static cudaStream_t current_stream(const Tensor& x) {
     void* stream = nullptr;
     const AOTITorchError status = aoti_torch_get_current_cuda_stream(x.get_device_index(), &stream);
-    check_runtime(status == AOTI_TORCH_SUCCESS, "gelu_ext: could not get the current CUDA stream");
+    check(status == AOTI_TORCH_SUCCESS, "gelu_ext: could not get the current CUDA stream");
     return static_cast<cudaStream_t>(stream);
   }
 };
