@@ -9,9 +9,8 @@ All three run the C++/CUDA kernels registered as torch.ops.gelu_ext.gelu and tor
 """
 
 from . import _extension  # loads the compiled ops first, with a clear error if the build does not match torch
-from .function import GELUFunction
 from .modules import GELU
-from .ops import gelu, gelu_backward  # importing ops also registers the fake kernels
+from .ops import GELUFunction, gelu, gelu_backward  # importing ops also registers the fake kernels and autograd
 
 __version__ = "0.2.0"
 

@@ -199,6 +199,12 @@ def test_torch_compile_fullgraph(device):
     model(x).square().sum().backward()
     for g, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad)
+    # The autograd.Function (which gelu_ext.gelu records eagerly) compiles too, with its backward.
+    x = torch.randn(33, device=device, requires_grad=True)
+    fn = torch.compile(lambda t: gelu_ext.GELUFunction.apply(t, "tanh").exp(), fullgraph=True, backend="aot_eager")
+    (grad,) = torch.autograd.grad(fn(x).sum(), x)
+    (expected,) = torch.autograd.grad(gelu_ext.gelu(x, "tanh").exp().sum(), x)
+    torch.testing.assert_close(grad, expected)
 
 
 @pytest.mark.slow
