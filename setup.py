@@ -18,6 +18,7 @@ Environment switches:
   GELU_EXT_DEBUG=1         -O0 -g
 """
 
+import glob
 import os
 import shutil
 import sys
@@ -99,7 +100,7 @@ def _extensions():
     extensions = [
         cpp_extension.CppExtension(
             "gelu_ext._C",
-            ["csrc/gelu_ops.cpp", "csrc/python_module.cpp", "csrc/cpu/gelu_cpu.cpp"],
+            ["csrc/gelu_ops.cpp", "csrc/python_module.cpp", *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))],
             extra_compile_args={"cxx": cxx},
             py_limited_api=True,
         )
@@ -113,7 +114,7 @@ def _extensions():
     extensions.append(
         cpp_extension.CUDAExtension(
             "gelu_ext._cuda",
-            ["csrc/cuda/gelu_cuda.cpp", "csrc/cuda/gelu_kernels.cu"],
+            sorted(glob.glob("csrc/cuda/*.cpp", root_dir=ROOT) + glob.glob("csrc/cuda/*.cu", root_dir=ROOT)),
             extra_compile_args={"cxx": [*cxx, "-DUSE_CUDA"], "nvcc": [*opt, "--fmad=false", "-lineinfo"]},
             py_limited_api=True,
         )

@@ -224,6 +224,12 @@ def make_callable(provider, mode, approximate, sets):
     return run
 
 
+def significant(value: float, digits: int) -> float:
+    """`value` to `digits` significant digits: a slow row's bandwidth stays above 0 in the CSV (a fixed number of
+    decimals rounded 0.004 GB/s to 0.0)."""
+    return float(f"{value:.{digits}g}")
+
+
 def time_ms(run, device) -> float:
     for _ in range(3):  # warm-up: compilation, allocator, first-touch
         run()
@@ -365,7 +371,8 @@ def time_configuration(args, device, env, memory, dtype_name, approximate, size)
             aten_ms = timings[("aten", mode)]
             rows.append({**env, "memory": memory if device.type == "cpu" else "cached", "provider": provider,
                          "mode": mode, "approximate": approximate, "dtype": dtype_name, "size": size,
-                         "ms": round(ms, 5), "gbps": round(gbps, 2), "pct_of_copy": round(100 * gbps / copy_gbps, 1),
+                         "ms": significant(ms, 5), "gbps": significant(gbps, 4),
+                         "pct_of_copy": significant(100 * gbps / copy_gbps, 4),
                          "speedup_vs_aten": round(aten_ms / ms, 3) if provider != "copy" else ""})  # fmt: skip
             print_row(rows[-1])
     return rows

@@ -176,6 +176,23 @@ GELU_HOST_DEVICE float derivative_from_negative_side(float x, float g) {
   return x == x ? derivative : x;  // NaN x: abs_clamped made a finite, so g is not NaN
 }
 
+// gelu(x) * m (geglu's product) from g(a) * 2^48: for x < 0 the product is g(a) * m, formed as
+// (g(a) 2^48) (m 2^-48), both factors exact and normal (g(a) >= 5.5e-50 = 2^-164 above the clamp, and |m| >= 2^-78),
+// so it rounds once, even where g(a) alone would be subnormal and a large m would scale up its lost bits (gelu(-14)
+// is 1e-43: 3 significant bits). At the clamp g is taken as -0, exact as long as |g(clamp) m| is below the smallest
+// subnormal (|m| < 2.5e4 in erf mode, 875 in tanh mode); gelu(x) rounds to -0 there by itself.
+constexpr float kProductScaleDown = 0x1p-16f;  // kScaleDown * 2^48: times_exp then leaves g(a) * 2^48
+constexpr float kProductUnscale = 0x1p-48f;
+
+// Below |x| = 2^-40, gelu(x) = x/2 (1 + x sqrt(2/pi)) is x/2 to float precision, and x m / 2 is formed as
+// x (m/2), one rounding: the general path would start from a subnormal x (or x Phi(-x)) and lose its bits to m.
+constexpr float kTinyGate = 0x1p-40f;
+
+GELU_HOST_DEVICE float product_from_negative_side(float x, float a, float g_scaled, float m) {
+  const float product = x < 0.0f ? g_scaled * (m * kProductUnscale) : (x + g_scaled * kProductUnscale) * m;
+  return a < kTinyGate ? x * (m * 0.5f) : product;  // NaN x: a is the clamp, product is NaN
+}
+
 // The erf mode's parts at a = |x| <= 15:  Phi(-a) = exp(-a^2/2) R(a),  R(a) = erfcx(a/sqrt 2) / 2.
 // 1/R(a) = sqrt(2 pi) a + G(a), and G (2 at a = 0, ~sqrt(2 pi)/a for large a) is a rational function of degree
 // (4, 5) with positive coefficients, fitted to 2.5e-9 of 1/R (Pg(0) = 2 exactly, so R(0) = 1/2 exactly):
@@ -217,6 +234,14 @@ GELU_HOST_DEVICE float gelu_erf(float x) {
   const float a = abs_clamped(x, kErfClamp);
   const NormalParts n = normal_parts(a);
   return gelu_from_negative_side(x, times_exp((n.a_qg / n.den) * n.scale, n.r, n.u, 0.0f, -kScaleDown));
+}
+
+// gelu(x) * m, rounded once where gelu(x) is tiny (product_from_negative_side).
+GELU_HOST_DEVICE float gelu_erf_times(float x, float m) {
+  const float a = abs_clamped(x, kErfClamp);
+  const NormalParts n = normal_parts(a);
+  const float g_scaled = times_exp((n.a_qg / n.den) * n.scale, n.r, n.u, 0.0f, -kProductScaleDown);
+  return product_from_negative_side(x, a, a < kErfClamp ? g_scaled : -0.0f, m);
 }
 
 // gelu'(x) = Phi(x) + x phi(x), phi(x) = exp(-x^2/2) / sqrt(2 pi). With g(a) = gelu'(-a) = exp(-a^2/2) v,
@@ -275,6 +300,13 @@ GELU_HOST_DEVICE float gelu_tanh(float x) {
   return gelu_from_negative_side(x, times_exp((a * p.inv) * p.scale, p.r, p.u, p.correction, -kScaleDown));
 }
 
+GELU_HOST_DEVICE float gelu_tanh_times(float x, float m) {
+  const float a = abs_clamped(x, kTanhClamp);
+  const TanhParts p = tanh_parts(a);
+  const float g_scaled = times_exp((a * p.inv) * p.scale, p.r, p.u, p.correction, -kProductScaleDown);
+  return product_from_negative_side(x, a, a < kTanhClamp ? g_scaled : -0.0f, m);
+}
+
 // d/dx [x sigmoid(s)] = sigmoid(s) (1 + x s' (1 - sigmoid(s))). At x = -a: sigmoid = e inv, 1 - sigmoid = inv,
 // g(a) = e inv (1 - a s' inv), s' = C1 + 3 C1 kappa a^2. gelu_tanh'(x) = g(a) for x < 0, 1 - g(a) for x >= 0.
 GELU_HOST_DEVICE float gelu_tanh_derivative(float x) {
@@ -314,6 +346,10 @@ GELU_HOST_DEVICE double gelu_tanh(double x) {
   return x < 0.0 ? xc * (s < 0.0 ? e * inv : inv) : x * (s < 0.0 ? e * inv : inv);
 }
 
+// double has the range for the plain product.
+GELU_HOST_DEVICE double gelu_erf_times(double x, double m) { return gelu_erf(x) * m; }
+GELU_HOST_DEVICE double gelu_tanh_times(double x, double m) { return gelu_tanh(x) * m; }
+
 GELU_HOST_DEVICE double gelu_tanh_derivative(double x) {
   const double xc = clamp_abs(x, kClamp);
   const double s = xc * fma(kTanhC2, xc * xc, kTanhC1);
@@ -326,8 +362,16 @@ GELU_HOST_DEVICE double gelu_tanh_derivative(double x) {
 
 }  // namespace math
 
-// The four elementwise functors the kernels map over a tensor. `compute_t` is the type the math runs in:
-// float for float / half / bfloat16, double for double.
+// The elementwise functors the kernels map over tensors (csrc/cpu/elementwise_cpu.h, csrc/cuda/elementwise_cuda.cuh).
+// `compute_t` is the type the math runs in: float for float / half / bfloat16, double for double. Each takes its
+// inputs in the op's argument order and returns one value, or a Pair for an op with two outputs. A new op is one
+// more functor here plus its registration: the kernels are generic in the functor.
+template <typename T>
+struct Pair {
+  T first;
+  T second;
+};
+
 template <Approximate kMode>
 struct GeluForward {
   template <typename compute_t>
@@ -341,6 +385,47 @@ struct GeluBackward {
   template <typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t grad, compute_t x) {
     return grad * (kMode == Approximate::kTanh ? math::gelu_tanh_derivative(x) : math::gelu_erf_derivative(x));
+  }
+};
+
+// bias_gelu: gelu(x + bias), the sum rounded once to compute_t (float32 for the float types: for float16 and
+// bfloat16 the sum is not rounded to the half type first, unlike eager F.gelu(x + b)). The backward evaluates the
+// derivative at that same rounded sum, recomputed from x and bias, so nothing but the inputs is saved. 1 add more
+// than gelu per element.
+template <Approximate kMode>
+struct BiasGeluForward {
+  template <typename compute_t>
+  GELU_HOST_DEVICE static compute_t apply(compute_t x, compute_t bias) {
+    return GeluForward<kMode>::apply(x + bias);
+  }
+};
+
+// grad_x = grad * gelu'(x + bias). grad_bias, the sum of grad_x over the rows, is accumulated by the kernels from
+// these values in compute_t, before they are rounded to the storage type.
+template <Approximate kMode>
+struct BiasGeluBackward {
+  template <typename compute_t>
+  GELU_HOST_DEVICE static compute_t apply(compute_t grad, compute_t x, compute_t bias) {
+    return GeluBackward<kMode>::apply(grad, x + bias);
+  }
+};
+
+// geglu: gelu(gate) * up (gelu_*_times: the product formed without a subnormal intermediate), rounded once to the
+// storage type. 3 operations more than gelu.
+template <Approximate kMode>
+struct GegluForward {
+  template <typename compute_t>
+  GELU_HOST_DEVICE static compute_t apply(compute_t gate, compute_t up) {
+    return kMode == Approximate::kTanh ? math::gelu_tanh_times(gate, up) : math::gelu_erf_times(gate, up);
+  }
+};
+
+// (grad_gate, grad_up) = (grad * up * gelu'(gate), grad * gelu(gate)): both from one read of the three inputs.
+template <Approximate kMode>
+struct GegluBackward {
+  template <typename compute_t>
+  GELU_HOST_DEVICE static Pair<compute_t> apply(compute_t grad, compute_t gate, compute_t up) {
+    return {GeluBackward<kMode>::apply(grad * up, gate), GegluForward<kMode>::apply(gate, grad)};
   }
 };
 

@@ -17,6 +17,7 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -143,18 +144,29 @@ inline std::vector<int64_t> contiguous_strides(torch::headeronly::IntHeaderOnlyA
 
 // Allocated through the C shim's empty_strided, not torch::stable::new_empty: the latter is a boxed dispatcher call
 // looked up by name, which cost ~1.5 us per op on 2^12 elements (a third of the forward kernel's time there).
+inline Tensor empty_strided_like(const Tensor& like, torch::headeronly::IntHeaderOnlyArrayRef sizes,
+                                 const std::vector<int64_t>& strides, ScalarType dtype) {
+  int32_t device_type = 0, device_index = 0;
+  AtenTensorHandle out = nullptr;
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(like.get(), &device_type));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(like.get(), &device_index));
+  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(
+      static_cast<int64_t>(sizes.size()), sizes.data(), strides.data(),
+      torch::stable::detail::to<int32_t>(torch::stable::detail::from(dtype)), device_type, device_index, &out));
+  return Tensor(out);
+}
+
+// The output of the elementwise ops: x's shape, dtype and device, in the layout described above.
 inline Tensor empty_output_like(const Tensor& x) {
   const auto sizes = x.sizes();
   const std::vector<int64_t> strides =
       x.numel() == 0 || x.is_contiguous() ? contiguous_strides(sizes) : dense_strides_like(sizes, x.strides());
-  int32_t dtype = 0, device_type = 0, device_index = 0;
-  AtenTensorHandle out = nullptr;
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_dtype(x.get(), &dtype));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_type(x.get(), &device_type));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_get_device_index(x.get(), &device_index));
-  STABLE_TORCH_ERROR_CODE_CHECK(aoti_torch_empty_strided(static_cast<int64_t>(sizes.size()), sizes.data(),
-                                                         strides.data(), dtype, device_type, device_index, &out));
-  return Tensor(out);
+  return empty_strided_like(x, sizes, strides, x.scalar_type());
+}
+
+// A contiguous tensor of t's shape and device; dtype t's unless given.
+inline Tensor empty_contiguous_like(const Tensor& t) {
+  return empty_strided_like(t, t.sizes(), contiguous_strides(t.sizes()), t.scalar_type());
 }
 
 // Same storage order: equal strides wherever the size is above 1 (a size-1 dimension's stride is never used).
@@ -199,6 +211,125 @@ inline Operands prepare_backward(const Tensor& grad, const Tensor& x, std::strin
   Tensor x_laid_out = with_layout_of(x, out);
   Tensor grad_laid_out = with_layout_of(grad, out);
   return {std::move(out), std::move(x_laid_out), std::move(grad_laid_out), mode};
+}
+
+// ---- Row operands (bias_gelu, geglu) ------------------------------------------------------------------------------
+
+// An operand of a row op seen as a matrix [rows, cols] over its last dimension: element (r, c) is at
+// data[r * row_stride + c]. A contiguous tensor has row_stride == cols; one half of x.chunk(2, dim=-1) has
+// 2 * cols, read in place; a bias has 0 (the same row for every r).
+struct Rows {
+  Tensor tensor;  // what data points into: the argument itself, or a contiguous copy of it
+  int64_t row_stride;
+};
+
+// Reads t in place when its last dimension has stride 1 and its leading dimensions collapse into one row index
+// with a single stride (any stride, 0 included); otherwise (a transposed matrix, a gap between dimensions) it reads a
+// contiguous copy, one extra pass.
+inline Rows as_rows(const Tensor& t) {
+  const int64_t dims = t.dim();
+  const int64_t cols = t.size(dims - 1);
+  if (t.numel() == 0) return {t, cols};
+  bool in_place = cols == 1 || t.stride(dims - 1) == 1;
+  int64_t row_stride = -1;
+  int64_t next_stride = 0;  // the stride the next outer dimension must have to continue the row index
+  for (int64_t d = dims - 2; in_place && d >= 0; --d) {
+    if (t.size(d) == 1) continue;
+    if (row_stride < 0) {
+      row_stride = t.stride(d);
+    } else if (t.stride(d) != next_stride) {
+      in_place = false;
+    }
+    next_stride = t.stride(d) * t.size(d);
+  }
+  if (!in_place) return {torch::stable::contiguous(t), cols};
+  return {t, row_stride < 0 ? cols : row_stride};
+}
+
+inline void check_same_shape(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
+                             const char* op) {
+  const auto a_sizes = a.sizes();
+  const auto b_sizes = b.sizes();
+  check(std::equal(a_sizes.begin(), a_sizes.end(), b_sizes.begin(), b_sizes.end()), op, ": ", a_name,
+        " has shape ", shape_string(a_sizes), " but ", b_name, " has shape ", shape_string(b_sizes));
+}
+
+inline void check_same_dtype_and_device(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
+                                        const char* op) {
+  check(a.scalar_type() == b.scalar_type(), op, ": ", a_name, " has dtype ", a.scalar_type(), " but ", b_name,
+        " has dtype ", b.scalar_type());
+  check(a.device() == b.device(), op, ": ", a_name, " is on ", device_string(a.device()), " but ", b_name, " is on ",
+        device_string(b.device()));
+}
+
+// The checked operands of a row op: `rows` x `cols` elements, inputs in the op's argument order.
+struct RowOperands {
+  int64_t rows;
+  int64_t cols;
+  Approximate mode;
+  std::vector<Rows> inputs;
+};
+
+inline RowOperands row_operands(const Tensor& like, std::vector<Rows> inputs, Approximate mode) {
+  const int64_t cols = like.size(like.dim() - 1);
+  const int64_t rows = cols == 0 ? 0 : like.numel() / cols;
+  return {rows, cols, mode, std::move(inputs)};
+}
+
+// bias_gelu(x, bias) and bias_gelu_backward(grad_output, x, bias): bias has shape [x.shape[-1]].
+inline RowOperands prepare_bias_gelu(const Tensor* grad, const Tensor& x, const Tensor& bias,
+                                     std::string_view approximate) {
+  const char* op = grad != nullptr ? "gelu_ext.bias_gelu_backward" : "gelu_ext.bias_gelu";
+  check_input(x, op, "x");
+  check_input(bias, op, "bias");
+  check(x.dim() >= 1, op, ": x must have at least one dimension (bias is added along the last one), got a 0-d tensor");
+  const int64_t features = x.size(x.dim() - 1);
+  check(bias.dim() == 1 && bias.size(0) == features, op, ": bias has shape ", shape_string(bias.sizes()),
+        " but x has shape ", shape_string(x.sizes()), ": bias must have shape [", features, "]");
+  check_same_dtype_and_device(bias, "bias", x, "x", op);
+  std::vector<Rows> inputs;
+  if (grad != nullptr) {
+    check_input(*grad, op, "grad_output");
+    check_same_shape(*grad, "grad_output", x, "x", op);
+    check_same_dtype_and_device(*grad, "grad_output", x, "x", op);
+    inputs.push_back(as_rows(*grad));
+  }
+  const Approximate mode = parse_approximate(approximate, op);
+  inputs.push_back(as_rows(x));
+  inputs.push_back({bias.stride(0) == 1 ? bias : torch::stable::contiguous(bias), 0});
+  return row_operands(x, std::move(inputs), mode);
+}
+
+// geglu(gate, up) and geglu_backward(grad_output, gate, up): all of one shape, at least one dimension.
+inline RowOperands prepare_geglu(const Tensor* grad, const Tensor& gate, const Tensor& up,
+                                 std::string_view approximate) {
+  const char* op = grad != nullptr ? "gelu_ext.geglu_backward" : "gelu_ext.geglu";
+  check_input(gate, op, "gate");
+  check_input(up, op, "up");
+  check(gate.dim() >= 1, op, ": gate and up must have at least one dimension, got 0-d tensors");
+  check_same_shape(up, "up", gate, "gate", op);
+  check_same_dtype_and_device(up, "up", gate, "gate", op);
+  std::vector<Rows> inputs;
+  if (grad != nullptr) {
+    check_input(*grad, op, "grad_output");
+    check_same_shape(*grad, "grad_output", gate, "gate", op);
+    check_same_dtype_and_device(*grad, "grad_output", gate, "gate", op);
+    inputs.push_back(as_rows(*grad));
+  }
+  const Approximate mode = parse_approximate(approximate, op);
+  inputs.push_back(as_rows(gate));
+  inputs.push_back(as_rows(up));
+  return row_operands(gate, std::move(inputs), mode);
+}
+
+// Calls fn with std::integral_constant<Approximate, mode>: the kernels are compiled once per mode.
+template <typename Fn>
+void dispatch_mode(Approximate mode, Fn&& fn) {
+  if (mode == Approximate::kTanh) {
+    fn(std::integral_constant<Approximate, Approximate::kTanh>{});
+  } else {
+    fn(std::integral_constant<Approximate, Approximate::kNone>{});
+  }
 }
 
 }  // namespace gelu_ext

@@ -9,7 +9,7 @@
 #include <string>
 
 namespace gelu_ext {
-std::string cpu_capability();  // csrc/cpu/gelu_cpu.cpp
+std::string cpu_capability();  // csrc/cpu/cpu_capability.cpp
 void set_cpu_capability(const std::string& name);
 }  // namespace gelu_ext
 

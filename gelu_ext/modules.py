@@ -1,10 +1,13 @@
-"""gelu_ext.GELU: a drop-in replacement for torch.nn.GELU."""
+"""gelu_ext's modules: GELU (a drop-in for torch.nn.GELU), LinearGELU (for nn.Sequential(nn.Linear, nn.GELU)) and
+GEGLU (the GELU-gated linear unit of T5 v1.1, Gemma and diffusion models)."""
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torch.nn import functional as F
 
+from .fused import bias_gelu, geglu
 from .ops import check_approximate, gelu
 
 
@@ -28,6 +31,79 @@ class GELU(nn.Module):
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         return gelu(input, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"approximate={self.approximate!r}"
+
+
+class LinearGELU(nn.Linear):
+    """gelu(x @ weight.T + bias): a drop-in for `nn.Sequential(nn.Linear(...), nn.GELU(approximate))`.
+
+    An nn.Linear (same constructor, parameter names, initialization and state_dict, so nn.Linear checkpoints load)
+    whose forward runs the matmul without the bias and then gelu_ext.bias_gelu, which adds the bias and applies GELU in
+    one pass (its backward gives the bias gradient from the same pass). Without a bias it is the matmul and
+    gelu_ext.gelu.
+    """
+
+    __constants__ = ("approximate",)
+    approximate: str
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        approximate: str = "none",
+        device=None,
+        dtype=None,
+    ) -> None:
+        check_approximate(approximate)
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
+        self.approximate = approximate
+
+    @classmethod
+    def from_linear(cls, linear: nn.Linear, approximate: str = "none") -> LinearGELU:
+        """A LinearGELU that shares `linear`'s parameters (no copy): for rebuilding an existing model's MLP blocks."""
+        module = cls(linear.in_features, linear.out_features, bias=linear.bias is not None, approximate=approximate,
+                     device="meta")  # fmt: skip
+        module.weight = linear.weight
+        module.bias = linear.bias
+        return module
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        y = F.linear(input, self.weight)
+        if self.bias is None:
+            return gelu(y, self.approximate)
+        return bias_gelu(y, self.bias, self.approximate)
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, approximate={self.approximate!r}"
+
+
+class GEGLU(nn.Module):
+    """`value * gelu(gate)` for `value, gate = input.chunk(2, dim=-1)`: [..., 2H] -> [..., H].
+
+    The order is diffusers' GEGLU (and most GEGLU code): the **first** half of the last dimension is the value, the
+    **second** half the gate. The two halves are read in place by gelu_ext.geglu (no copy). This module has no
+    projection of its own: put the nn.Linear(d, 2H) in front of it.
+    """
+
+    __constants__ = ("approximate",)
+    approximate: str
+
+    def __init__(self, approximate: str = "none") -> None:
+        super().__init__()
+        check_approximate(approximate)
+        self.approximate = approximate
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        if input.dim() == 0 or input.shape[-1] % 2 != 0:
+            raise ValueError(
+                f"gelu_ext.GEGLU: the last dimension must have an even size (value and gate halves), "
+                f"got shape {list(input.shape)}"
+            )
+        value, gate = input.chunk(2, dim=-1)
+        return geglu(gate, value, self.approximate)
 
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"

@@ -27,6 +27,44 @@ MEASURED_MAX_ULP = {
     "tanh": {"forward": 2.434, "derivative": 4.599},
 }
 
+# geglu's forward, gelu(gate) * up, over 2.2e8 random (gate, up) pairs (every 61st finite float32 gate with |gate| < 20,
+# |up| in [2^-20, 2^9]; tests/test_geglu.py re-measures a sample): the product of gelu's error (3.83 / 2.43 ulp of
+# gelu(gate)) and one more rounding, in ulp of the product, which may sit in a binade where the same relative error
+# counts more ulp. 88 of the 2.2e8 erf-mode results are above 4 ulp.
+GEGLU_MEASURED_MAX_ULP = {"none": 4.609, "tanh": 2.908}
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' arithmetic type: float64 for float64, float32 for float32, float16 and bfloat16."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def bias_gelu_sum(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    """The sum bias_gelu applies GELU to, as float64: x + bias rounded once to the compute type (float32 for the half
+    types too: never to the half type itself, as eager F.gelu(x + b) would)."""
+    compute = compute_dtype(x.dtype)
+    return (x.to(compute) + bias.to(compute)).to(torch.float64)
+
+
+def column_sum_error_bound(terms: torch.Tensor, scales: torch.Tensor, dtype: torch.dtype) -> torch.Tensor:
+    """How far bias_gelu_backward's grad_bias may be from the float64 sum over rows of the exact terms
+    grad * gelu'(x + bias) (`terms`, float64, [rows, cols]; `scales`: |grad| times the larger of the derivative's two
+    terms, the scale its error is measured against, gelu_ext.reference.gelu_derivative_terms).
+
+    Each term is within the derivative's contract in the compute type (REFERENCE_TOLERANCES: twice rtol times its
+    scale, as tests/test_gelu.py holds gelu_backward to; |term| <= 2 scale); the kernels add the terms in the compute
+    type in some order (runs per thread or row lane, then partial sums), and any order of n - 1 additions is within
+    (n - 1) u of the sum of the magnitudes; then one rounding to `dtype`.
+    """
+    compute = compute_dtype(dtype)
+    atol, rtol = REFERENCE_TOLERANCES[compute]
+    u = torch.finfo(compute).eps / 2
+    rows = terms.shape[0]
+    total_scale = scales.sum(0)
+    out_rounding = torch.finfo(dtype).eps / 2 if dtype != compute else 0.0
+    bound = (2 * rtol + 2 * max(rows - 1, 0) * u) * total_scale + out_rounding * terms.sum(0).abs()
+    return bound + rows * atol + torch.finfo(dtype).tiny
+
 
 def devices() -> list[str]:
     """ "cpu", plus "cuda" when this build has CUDA kernels and a GPU is visible."""

@@ -36,6 +36,43 @@ def test_cuda_matches_cpu_bit_for_bit(dtype, approximate, offset):
     assert_bitwise_equal(gelu_ext.gelu_backward(gc, xc, approximate).cpu(), gelu_ext.gelu_backward(g, x, approximate))
 
 
+@pytest.mark.parametrize("dtype", BIT_IDENTICAL, ids=str)
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+@pytest.mark.parametrize("cols", [4096, 1023, 7], ids=lambda c: f"cols{c}")  # 1023 and 7: the rows kernel's scalar path
+def test_fused_ops_match_cpu_bit_for_bit(dtype, approximate, cols):
+    # bias_gelu, geglu and their backwards, gate and up as chunk halves (row stride 2H); grad_bias adds in another
+    # order on the GPU (per row lane, then the lanes): close, not bitwise.
+    rows = 301
+    x = _values(rows * cols, dtype)[: rows * cols].reshape(rows, cols)
+    bias = torch.randn(cols).to(dtype)
+    grad = torch.randn(rows, cols).to(dtype)
+    up, gate = torch.cat([torch.randn(rows, cols).to(dtype), x], dim=1).chunk(2, dim=-1)
+    xc, bc, gc, upc, gatec = (t.cuda() for t in (x, bias, grad, up, gate))
+    assert_bitwise_equal(gelu_ext.bias_gelu(xc, bc, approximate).cpu(), gelu_ext.bias_gelu(x, bias, approximate))
+    assert_bitwise_equal(gelu_ext.geglu(gatec, upc, approximate).cpu(), gelu_ext.geglu(gate, up, approximate))
+    grad_x, grad_bias = torch.ops.gelu_ext.bias_gelu_backward(gc, xc, bc, approximate)
+    cpu_grad_x, cpu_grad_bias = torch.ops.gelu_ext.bias_gelu_backward(grad, x, bias, approximate)
+    assert_bitwise_equal(grad_x.cpu(), cpu_grad_x)
+    finite = cpu_grad_bias.isfinite()
+    torch.testing.assert_close(grad_bias.cpu()[finite].float(), cpu_grad_bias[finite].float(), rtol=1e-2, atol=1e-2)
+    for a, b in zip(torch.ops.gelu_ext.geglu_backward(gc, gatec, upc, approximate),
+                    torch.ops.gelu_ext.geglu_backward(grad, gate, up, approximate), strict=True):  # fmt: skip
+        assert_bitwise_equal(a.cpu(), b)
+
+
+def test_bias_gelu_backward_handles_many_rows_and_zero_rows():
+    # more rows than the column sums' 256 row lanes, and none at all
+    x = torch.randn(70_000, 33, device="cuda")
+    bias = torch.randn(33, device="cuda")
+    grad = torch.randn_like(x)
+    _, grad_bias = torch.ops.gelu_ext.bias_gelu_backward(grad, x, bias)
+    _, expected = torch.ops.gelu_ext.bias_gelu_backward(grad.cpu(), x.cpu(), bias.cpu())
+    torch.testing.assert_close(grad_bias.cpu(), expected, rtol=1e-4, atol=1e-3)
+    empty = torch.empty(0, 33, device="cuda")
+    _, zero = torch.ops.gelu_ext.bias_gelu_backward(empty, empty, bias)
+    assert torch.equal(zero.cpu(), torch.zeros(33))
+
+
 def test_runs_on_the_current_stream():
     # The side stream is held up by a sleep kernel before the input is even written on it; an op launched on any
     # other stream would read the input before it exists. Deterministic: no race decides the outcome.

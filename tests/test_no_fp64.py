@@ -25,9 +25,10 @@ def ptx_kernels():
 
 
 def test_every_cuda_kernel_is_found(ptx_kernels):
-    # 4 dtypes x 2 modes x 2 passes x (vectorized, scalar)
-    assert len(ptx_kernels) == 32
+    # per op, 4 dtypes x 2 modes x 2 passes x (vectorized, scalar); plus the column sums' reduction for 4 dtypes
+    assert len(ptx_kernels) == 3 * 32 + 4
     assert {k["dtype"] for k in ptx_kernels} == {"float32", "float64", "float16", "bfloat16"}
+    assert {k["op"] for k in ptx_kernels} == {"gelu", "bias_gelu", "geglu", "-"}
 
 
 def test_no_fp64_in_float_half_and_bfloat16_cuda_kernels(ptx_kernels):
@@ -41,8 +42,9 @@ def test_no_fp64_in_float_half_and_bfloat16_cuda_kernels(ptx_kernels):
 @pytest.mark.skipif("avx2" not in available_cpu_capabilities(), reason="the AVX2/AVX-512 loops need an x86-64 CPU")
 def test_no_fp64_in_float_half_and_bfloat16_cpu_loops():
     loops = kernel_ops.cpu_loops()
-    # 2 instruction sets x 2 passes x 2 modes x 4 dtypes (the baseline loops are inlined into their callers)
-    assert len(loops) == 32
+    # 3 ops x 2 instruction sets x 2 passes x 2 modes x 4 dtypes (the baseline loops are inlined into their callers)
+    assert len(loops) == 96
+    assert {loop["op"] for loop in loops} == {"gelu", "bias_gelu", "geglu"}
     offenders = [loop for loop in loops if loop["dtype"] != "float64" and loop["f64_ops"] > 0]
     assert not offenders
     assert all(loop["f64_ops"] > 0 for loop in loops if loop["dtype"] == "float64")

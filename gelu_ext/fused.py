@@ -1,0 +1,204 @@
+"""The fused ops' Python side: bias_gelu (gelu(x + bias)) and geglu (gelu(gate) * up), with their autograd and fake
+kernels.
+
+The schemas and kernels are in csrc/ (gelu_ops.cpp, cpu/*_cpu.cpp, cuda/*_cuda.cpp). As for gelu, each backward is
+an op of its own with its own registered derivative, so double backward and higher work; every derivative beyond
+the first is written in differentiable torch ops and gelu_ext's own gelu/gelu_backward.
+
+What the forward saves: bias_gelu saves x and bias, not the sum x + bias. Either is one tensor of x's size, so memory
+is the same; but saving the sum would make the forward write it as a second output (8 -> 12 bytes per float32
+element), while the backward kernel recomputes it for one add per element from the x it reads anyway, rounded
+exactly as in the forward, so the derivative is taken at the same point.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+from .ops import _MODES, check_approximate, gelu, gelu_backward, gelu_second_derivative
+
+_bias_gelu = torch.ops.gelu_ext.bias_gelu.default
+_bias_gelu_backward = torch.ops.gelu_ext.bias_gelu_backward.default
+_geglu = torch.ops.gelu_ext.geglu.default
+_geglu_backward = torch.ops.gelu_ext.geglu_backward.default
+_is_grad_enabled = torch.is_grad_enabled
+_below_autograd = torch._C._AutoDispatchBelowAutograd
+_is_compiling = torch.compiler.is_compiling
+
+
+def _check_bias(x: torch.Tensor, bias: torch.Tensor, op: str) -> None:
+    if x.dim() == 0:
+        raise ValueError(f"gelu_ext.{op}: x must have at least one dimension (bias is added along the last one)")
+    if bias.dim() != 1 or bias.shape[0] != x.shape[-1]:
+        raise ValueError(
+            f"gelu_ext.{op}: bias has shape {list(bias.shape)} but x has shape {list(x.shape)}: "
+            f"bias must have shape [{x.shape[-1]}]"
+        )
+
+
+def _check_same_shape(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str, op: str) -> None:
+    if a.shape != b.shape:
+        raise ValueError(f"gelu_ext.{op}: {a_name} has shape {list(a.shape)} but {b_name} has shape {list(b.shape)}")
+
+
+def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """gelu(x + bias) in one pass, bias of shape [x.shape[-1]] (the epilogue of a linear layer).
+
+    The sum is rounded once to float32 (float64 for float64 inputs) and never to a half type; the result is
+    contiguous. Backward returns grad_x and grad_bias (grad_x summed over all leading dimensions, in the same pass).
+    """
+    if approximate.__class__ is not str or approximate not in _MODES:
+        check_approximate(approximate)
+    _check_bias(x, bias, "bias_gelu")
+    return _bias_gelu(x, bias, approximate)
+
+
+def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> torch.Tensor:
+    """gelu(gate) * up in one pass (the GELU-gated linear unit), rounded once; the result is contiguous.
+
+    gate and up may be the two halves of one tensor's `chunk(2, dim=-1)`: they are read in place, no copy.
+    """
+    if approximate.__class__ is not str or approximate not in _MODES:
+        check_approximate(approximate)
+    if gate.dim() == 0:
+        raise ValueError("gelu_ext.geglu: gate and up must have at least one dimension")
+    _check_same_shape(up, "up", gate, "gate", "geglu")
+    return _geglu(gate, up, approximate)
+
+
+def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The kernels' arithmetic type: float32 for float32 and the half types, float64 for float64."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def _sum_rows(t: torch.Tensor) -> torch.Tensor:
+    """Sum over every dimension but the last (torch.sum(dim=()) would sum over all of them for a 1-d t)."""
+    return t.reshape(math.prod(t.shape[:-1]), t.shape[-1]).sum(0)
+
+
+# ---- autograd: bias_gelu -------------------------------------------------------------------------------------------
+
+
+def _bias_gelu_setup_context(ctx, inputs, output):
+    x, bias, ctx.approximate = inputs
+    ctx.save_for_backward(x, bias)
+
+
+def _bias_gelu_grad(ctx, grad):
+    x, bias = ctx.saved_tensors
+    if _is_grad_enabled() or _is_compiling():  # create_graph=True (or tracing): the differentiable backward op
+        grad_x, grad_bias = _bias_gelu_backward(grad, x, bias, ctx.approximate)
+    else:
+        with _below_autograd():
+            grad_x, grad_bias = _bias_gelu_backward(grad, x, bias, ctx.approximate)
+    return grad_x, grad_bias, None
+
+
+def _bias_gelu_backward_setup_context(ctx, inputs, output):
+    grad, x, bias, ctx.approximate = inputs
+    ctx.save_for_backward(grad, x, bias)
+
+
+def _bias_gelu_backward_grad(ctx, grad_grad_x, grad_grad_bias):
+    # grad_x = grad * gelu'(h) with h = x + bias, grad_bias = grad_x summed over rows: both outputs pull back through
+    # grad_x, so the cotangent of grad_x is grad_grad_x + grad_grad_bias (broadcast along the rows).
+    grad, x, bias = ctx.saved_tensors
+    upstream = grad_grad_x + grad_grad_bias
+    wrt_grad = wrt_x = wrt_bias = None
+    if ctx.needs_input_grad[0]:
+        wrt_grad = _bias_gelu_backward(upstream, x, bias, ctx.approximate)[0]
+    if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+        compute = _compute_dtype(x.dtype)
+        h = x.to(compute) + bias.to(compute)  # the kernels' sum, rounded the same way
+        wrt_h = upstream.to(compute) * grad.to(compute) * gelu_second_derivative(h, ctx.approximate)
+        if ctx.needs_input_grad[1]:
+            wrt_x = wrt_h.to(x.dtype)
+        if ctx.needs_input_grad[2]:
+            wrt_bias = _sum_rows(wrt_h).to(bias.dtype)
+    return wrt_grad, wrt_x, wrt_bias, None
+
+
+torch.library.register_autograd("gelu_ext::bias_gelu", _bias_gelu_grad, setup_context=_bias_gelu_setup_context)
+torch.library.register_autograd(
+    "gelu_ext::bias_gelu_backward", _bias_gelu_backward_grad, setup_context=_bias_gelu_backward_setup_context
+)
+
+
+# ---- autograd: geglu -----------------------------------------------------------------------------------------------
+
+
+def _geglu_setup_context(ctx, inputs, output):
+    gate, up, ctx.approximate = inputs
+    ctx.save_for_backward(gate, up)
+
+
+def _geglu_grad(ctx, grad):
+    gate, up = ctx.saved_tensors
+    if _is_grad_enabled() or _is_compiling():
+        grad_gate, grad_up = _geglu_backward(grad, gate, up, ctx.approximate)
+    else:
+        with _below_autograd():
+            grad_gate, grad_up = _geglu_backward(grad, gate, up, ctx.approximate)
+    return grad_gate, grad_up, None
+
+
+def _geglu_backward_setup_context(ctx, inputs, output):
+    grad, gate, up, ctx.approximate = inputs
+    ctx.save_for_backward(grad, gate, up)
+
+
+def _geglu_backward_grad(ctx, grad_grad_gate, grad_grad_up):
+    # grad_gate = grad * up * gelu'(gate), grad_up = grad * gelu(gate).
+    grad, gate, up = ctx.saved_tensors
+    mode = ctx.approximate
+    wrt_grad = wrt_gate = wrt_up = None
+    if ctx.needs_input_grad[0]:
+        wrt_grad = gelu_backward(grad_grad_gate * up, gate, mode) + grad_grad_up * gelu(gate, mode)
+    if ctx.needs_input_grad[1]:
+        compute = _compute_dtype(gate.dtype)
+        second = (grad_grad_gate * grad * up).to(compute) * gelu_second_derivative(gate.to(compute), mode)
+        wrt_gate = second.to(gate.dtype) + gelu_backward(grad_grad_up * grad, gate, mode)
+    if ctx.needs_input_grad[2]:
+        wrt_up = gelu_backward(grad_grad_gate * grad, gate, mode)
+    return wrt_grad, wrt_gate, wrt_up, None
+
+
+torch.library.register_autograd("gelu_ext::geglu", _geglu_grad, setup_context=_geglu_setup_context)
+torch.library.register_autograd(
+    "gelu_ext::geglu_backward", _geglu_backward_grad, setup_context=_geglu_backward_setup_context
+)
+
+
+# ---- fake kernels: the kernels' outputs are contiguous ----------------------------------------------------------
+
+
+@torch.library.register_fake("gelu_ext::bias_gelu")
+def _bias_gelu_fake(x, bias, approximate="none"):
+    check_approximate(approximate)
+    _check_bias(x, bias, "bias_gelu")
+    return x.new_empty(x.shape)
+
+
+@torch.library.register_fake("gelu_ext::bias_gelu_backward")
+def _bias_gelu_backward_fake(grad_output, x, bias, approximate="none"):
+    check_approximate(approximate)
+    _check_bias(x, bias, "bias_gelu_backward")
+    _check_same_shape(grad_output, "grad_output", x, "x", "bias_gelu_backward")
+    return x.new_empty(x.shape), bias.new_empty(bias.shape)
+
+
+@torch.library.register_fake("gelu_ext::geglu")
+def _geglu_fake(gate, up, approximate="none"):
+    check_approximate(approximate)
+    _check_same_shape(up, "up", gate, "gate", "geglu")
+    return gate.new_empty(gate.shape)
+
+
+@torch.library.register_fake("gelu_ext::geglu_backward")
+def _geglu_backward_fake(grad_output, gate, up, approximate="none"):
+    check_approximate(approximate)
+    _check_same_shape(up, "up", gate, "gate", "geglu_backward")
+    _check_same_shape(grad_output, "grad_output", gate, "gate", "geglu_backward")
+    return gate.new_empty(gate.shape), up.new_empty(up.shape)
