@@ -35,8 +35,6 @@ import contextlib
 import csv
 import datetime
 import math
-import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -49,7 +47,16 @@ from gelu_ext.reference import gelu_derivative, gelu_reference
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-from bench_gelu import DTYPES, ISA_ENV, environment, set_memory_regime, significant, time_ms  # noqa: E402
+from bench_gelu import (  # noqa: E402
+    DTYPES,
+    environment,
+    isa_environment_set,
+    rerun_with_isa_environment,
+    set_memory_regime,
+    significant,
+    time_ms,
+    write_csv,
+)
 
 OPS = ("bias_gelu", "geglu")
 PROVIDERS = ("gelu_ext", "eager", "compile", "copy")
@@ -282,10 +289,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in ISA_ENV.items()):
-        # The instruction sets are fixed at library load: run again in a process that starts with them set.
-        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
-        return subprocess.run(cmd, env={**os.environ, **ISA_ENV}, check=True).returncode
+    if args.isa == "avx2" and not isa_environment_set():
+        return rerun_with_isa_environment(__file__, argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU is available")
     if args.threads:
@@ -302,12 +307,8 @@ def main(argv=None):
                 for hidden in args.hidden:
                     for log2 in args.tokens:
                         rows += time_configuration(args, device, env, op, dtype_name, approximate, 2**log2, hidden)
-    path = args.csv or HERE / "results" / f"fused-{args.device}-{datetime.datetime.now():%Y%m%d-%H%M%S}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    default = HERE / "results" / f"fused-{args.device}-{datetime.datetime.now():%Y%m%d-%H%M%S}.csv"
+    path = write_csv(args.csv or default, CSV_FIELDS, rows)
     png = plot(path, path.with_suffix(".png"))
     print(f"wrote {path} and {png}")
     return rows

@@ -455,10 +455,8 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in ISA_ENV.items()):
-        # The instruction sets are fixed at library load: run again in a process that starts with them set.
-        cmd = [sys.executable, __file__, *(argv if argv is not None else sys.argv[1:])]
-        return subprocess.run(cmd, env={**os.environ, **ISA_ENV}, check=True).returncode
+    if args.isa == "avx2" and not isa_environment_set():
+        return rerun_with_isa_environment(__file__, argv)
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("--device cuda: no CUDA GPU is available")
     if args.threads:
@@ -468,14 +466,29 @@ def main(argv=None):
     if args.accuracy:
         return accuracy_table(device, args.approximate)
     rows = sweep(args, device)
-    path = args.csv or HERE / "results" / f"{args.device}-{datetime.datetime.now():%Y%m%d-%H%M%S}.csv"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(rows)
+    path = write_csv(args.csv or HERE / "results" / f"{args.device}-{datetime.datetime.now():%Y%m%d-%H%M%S}.csv",
+                     CSV_FIELDS, rows)  # fmt: skip
     print(f"wrote {path}")
     return rows
+
+
+def isa_environment_set() -> bool:
+    return all(os.environ.get(k) == v for k, v in ISA_ENV.items())
+
+
+def rerun_with_isa_environment(script, argv) -> int:
+    """The instruction sets are fixed at library load: run `script` again in a process that starts with ISA_ENV."""
+    cmd = [sys.executable, script, *(argv if argv is not None else sys.argv[1:])]
+    return subprocess.run(cmd, env={**os.environ, **ISA_ENV}, check=True).returncode
+
+
+def write_csv(path: Path, fields, rows) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 if __name__ == "__main__":

@@ -276,6 +276,14 @@ inline RowOperands row_operands(const Tensor& like, std::vector<Rows> inputs, Ap
   return {rows, cols, mode, std::move(inputs)};
 }
 
+// The grad_output of a row op's backward: checked against the op's first input, as rows.
+inline Rows grad_rows(const Tensor& grad, const Tensor& like, const char* like_name, const char* op) {
+  check_input(grad, op, "grad_output");
+  check_same_shape(grad, "grad_output", like, like_name, op);
+  check_same_dtype_and_device(grad, "grad_output", like, like_name, op);
+  return as_rows(grad);
+}
+
 // bias_gelu(x, bias) and bias_gelu_backward(grad_output, x, bias): bias has shape [x.shape[-1]].
 inline RowOperands prepare_bias_gelu(const Tensor* grad, const Tensor& x, const Tensor& bias,
                                      std::string_view approximate) {
@@ -288,12 +296,7 @@ inline RowOperands prepare_bias_gelu(const Tensor* grad, const Tensor& x, const 
         " but x has shape ", shape_string(x.sizes()), ": bias must have shape [", features, "]");
   check_same_dtype_and_device(bias, "bias", x, "x", op);
   std::vector<Rows> inputs;
-  if (grad != nullptr) {
-    check_input(*grad, op, "grad_output");
-    check_same_shape(*grad, "grad_output", x, "x", op);
-    check_same_dtype_and_device(*grad, "grad_output", x, "x", op);
-    inputs.push_back(as_rows(*grad));
-  }
+  if (grad != nullptr) inputs.push_back(grad_rows(*grad, x, "x", op));
   const Approximate mode = parse_approximate(approximate, op);
   inputs.push_back(as_rows(x));
   inputs.push_back({bias.stride(0) == 1 ? bias : torch::stable::contiguous(bias), 0});
@@ -310,12 +313,7 @@ inline RowOperands prepare_geglu(const Tensor* grad, const Tensor& gate, const T
   check_same_shape(up, "up", gate, "gate", op);
   check_same_dtype_and_device(up, "up", gate, "gate", op);
   std::vector<Rows> inputs;
-  if (grad != nullptr) {
-    check_input(*grad, op, "grad_output");
-    check_same_shape(*grad, "grad_output", gate, "gate", op);
-    check_same_dtype_and_device(*grad, "grad_output", gate, "gate", op);
-    inputs.push_back(as_rows(*grad));
-  }
+  if (grad != nullptr) inputs.push_back(grad_rows(*grad, gate, "gate", op));
   const Approximate mode = parse_approximate(approximate, op);
   inputs.push_back(as_rows(gate));
   inputs.push_back(as_rows(up));

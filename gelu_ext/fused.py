@@ -17,15 +17,12 @@ import math
 
 import torch
 
-from .ops import _MODES, check_approximate, gelu, gelu_backward, gelu_second_derivative
+from .ops import _MODES, call_backward_op, check_approximate, gelu, gelu_backward, gelu_second_derivative
 
 _bias_gelu = torch.ops.gelu_ext.bias_gelu.default
 _bias_gelu_backward = torch.ops.gelu_ext.bias_gelu_backward.default
 _geglu = torch.ops.gelu_ext.geglu.default
 _geglu_backward = torch.ops.gelu_ext.geglu_backward.default
-_is_grad_enabled = torch.is_grad_enabled
-_below_autograd = torch._C._AutoDispatchBelowAutograd
-_is_compiling = torch.compiler.is_compiling
 
 
 def _check_bias(x: torch.Tensor, bias: torch.Tensor, op: str) -> None:
@@ -88,11 +85,7 @@ def _bias_gelu_setup_context(ctx, inputs, output):
 
 def _bias_gelu_grad(ctx, grad):
     x, bias = ctx.saved_tensors
-    if _is_grad_enabled() or _is_compiling():  # create_graph=True (or tracing): the differentiable backward op
-        grad_x, grad_bias = _bias_gelu_backward(grad, x, bias, ctx.approximate)
-    else:
-        with _below_autograd():
-            grad_x, grad_bias = _bias_gelu_backward(grad, x, bias, ctx.approximate)
+    grad_x, grad_bias = call_backward_op(_bias_gelu_backward, grad, x, bias, ctx.approximate)
     return grad_x, grad_bias, None
 
 
@@ -136,11 +129,7 @@ def _geglu_setup_context(ctx, inputs, output):
 
 def _geglu_grad(ctx, grad):
     gate, up = ctx.saved_tensors
-    if _is_grad_enabled() or _is_compiling():
-        grad_gate, grad_up = _geglu_backward(grad, gate, up, ctx.approximate)
-    else:
-        with _below_autograd():
-            grad_gate, grad_up = _geglu_backward(grad, gate, up, ctx.approximate)
+    grad_gate, grad_up = call_backward_op(_geglu_backward, grad, gate, up, ctx.approximate)
     return grad_gate, grad_up, None
 
 

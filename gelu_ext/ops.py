@@ -86,16 +86,20 @@ def _gelu_setup_context(ctx, inputs, output):
     ctx.approximate = inputs[1]
 
 
+def call_backward_op(op, *args):
+    """A first-order backward's kernel call: the op itself when grad mode is on (create_graph=True: its registered
+    autograd records the double backward) or under torch.compile (Dynamo cannot trace the guard below); otherwise
+    straight to the kernel below the autograd key, because the op's Python autograd kernel would only find nothing to
+    record (~3 us per call on 2^12 elements)."""
+    if _is_grad_enabled() or _is_compiling():
+        return op(*args)
+    with _below_autograd():
+        return op(*args)
+
+
 def _gelu_grad(ctx, grad):
     (x,) = ctx.saved_tensors
-    # create_graph=True: the differentiable op, so that double backward works. Under torch.compile, too: Dynamo
-    # cannot trace the guard below (and the compiled graph has no Python autograd layer to skip).
-    if _is_grad_enabled() or _is_compiling():
-        return _gelu_backward(grad, x, ctx.approximate), None
-    # A first-order backward (grad mode is off): straight to the kernel. Calling the op would enter its Python
-    # autograd kernel only to find nothing to record (~3 us per call on 2^12 elements).
-    with _below_autograd():
-        return _gelu_backward(grad, x, ctx.approximate), None
+    return call_backward_op(_gelu_backward, grad, x, ctx.approximate), None
 
 
 def _gelu_backward_setup_context(ctx, inputs, output):

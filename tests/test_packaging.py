@@ -22,7 +22,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # these machines' local wheel store.
 TORCH_MATRIX = ("2.14.1", "2.13.0+cpu")
 # The op tests run against every installed wheel (they import gelu_ext from the venv, not from this checkout).
-OP_TESTS = ("conftest.py", "test_gelu.py", "test_reference.py")
+OP_TESTS = ("conftest.py", "test_gelu.py", "test_bias_gelu.py", "test_geglu.py", "test_reference.py")
 # Venvs with torch and the test tools, kept between runs (a fresh machine, such as CI, creates them once). Each test
 # reinstalls the wheel into them.
 VENV_CACHE = Path(os.environ.get("GELU_EXT_TEST_VENVS", Path.home() / ".cache" / "gelu_ext-test-venvs"))
