@@ -240,7 +240,7 @@ def plot(csv_path: Path, output: Path) -> Path:
     rows = [r for r in rows if r["dtype"] == dtype and r["approximate"] == approximate]
     panels = list(dict.fromkeys((r["op"], r["mode"]) for r in rows))
     fig, axes = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4.2), squeeze=False)
-    styles = {"gelu_ext": "o-", "eager": "s--", "compile": "^--", "copy": "k-"}
+    styles = {"gelu_ext": "o-", "eager": "s--", "compile": "^--", "copy": "-"}
     for ax, (op, mode) in zip(axes[0], panels, strict=True):
         for provider in dict.fromkeys(r["provider"] for r in rows):
             for hidden in dict.fromkeys(r["hidden"] for r in rows):
@@ -254,7 +254,8 @@ def plot(csv_path: Path, output: Path) -> Path:
                     alpha = 1.0 if hidden == rows[0]["hidden"] else 0.5
                     label = f"{provider} H={hidden}"
                     ax.plot(*zip(*points, strict=True), styles.get(provider, ".-"), ms=4, label=label, alpha=alpha)
-        ax.set(xscale="log", xlabel="tokens", ylabel="effective GB/s (the fused op's bytes)", title=f"{op} {mode}")
+        ax.set_xscale("log", base=2)
+        ax.set(xlabel="tokens", ylabel="effective GB/s (the fused op's bytes)", title=f"{op} {mode}")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
     fig.suptitle(f"{rows[0]['device_name']}, {dtype}, approximate={approximate}, {rows[0]['threads']} threads")

@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
+import gelu_ext
+
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
@@ -95,3 +97,28 @@ def test_accuracy_table_shows_gelu_ext_within_bounds_and_aten_outside(capsys):
     aten_tail = next(r for r in results if r["provider"] == "aten" and r["range"] == "[-8, -5]")
     assert aten_tail["fwd_ulp"] > 1e5 and aten_tail["bwd_ulp"] > 1e3, "the tail columns must show real figures"
     assert "finite (sampled)" in capsys.readouterr().out
+
+
+def test_fused_benchmark_smoke_writes_csv_and_plot(tmp_path):
+    import bench_fused
+
+    out = tmp_path / "fused.csv"
+    bench_fused.main(["--tokens", "4", "--hidden", "40", "--approximate", "tanh", "--providers", "gelu_ext",
+                      "--csv", str(out)])  # fmt: skip
+    fields, rows = _read(out)
+    assert tuple(fields) == bench_fused.CSV_FIELDS
+    assert {(r["op"], r["mode"]) for r in rows} == {(op, mode) for op in bench_fused.OPS for mode in bench_fused.MODES}
+    assert {r["provider"] for r in rows} == {"gelu_ext", "eager", "copy"}
+    for r in rows:
+        assert float(r["ms"]) > 0 and float(r["gbps"]) > 0 and r["tokens"] == "16" and r["hidden"] == "40"
+    assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_fused_benchmark_validation_catches_a_wrong_provider():
+    import bench_fused
+
+    inputs = bench_fused.make_inputs("geglu", 8, 16, torch.float32, torch.device("cpu"))
+    gate, up, _, _ = inputs
+    bench_fused.check("geglu", "fwd", "gelu_ext", gelu_ext.geglu(gate, up), inputs, "none")
+    with pytest.raises(AssertionError, match="geglu fwd none"):
+        bench_fused.check("geglu", "fwd", "broken", gelu_ext.geglu(gate, up) * 1.01, inputs, "none")
