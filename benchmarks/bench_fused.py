@@ -50,10 +50,9 @@ sys.path.insert(0, str(HERE))
 from bench_gelu import (  # noqa: E402
     DTYPES,
     environment,
-    isa_environment_set,
-    rerun_with_isa_environment,
     set_memory_regime,
     significant,
+    start,
     time_ms,
     write_csv,
 )
@@ -290,13 +289,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.isa == "avx2" and not isa_environment_set():
-        return rerun_with_isa_environment(__file__, argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA GPU is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = start(args, __file__, argv)
+    if device is None:
+        return []
     if device.type == "cpu":
         set_memory_regime("warm")  # freed blocks are reused, as in a training loop (bench_gelu.py: --memory)
     torch.manual_seed(0)

@@ -455,13 +455,9 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.isa == "avx2" and not isa_environment_set():
-        return rerun_with_isa_environment(__file__, argv)
-    if args.device == "cuda" and not torch.cuda.is_available():
-        sys.exit("--device cuda: no CUDA GPU is available")
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
+    device = start(args, __file__, argv)
+    if device is None:
+        return 0
     torch.manual_seed(0)
     if args.accuracy:
         return accuracy_table(device, args.approximate)
@@ -472,14 +468,19 @@ def main(argv=None):
     return rows
 
 
-def isa_environment_set() -> bool:
-    return all(os.environ.get(k) == v for k, v in ISA_ENV.items())
-
-
-def rerun_with_isa_environment(script, argv) -> int:
-    """The instruction sets are fixed at library load: run `script` again in a process that starts with ISA_ENV."""
-    cmd = [sys.executable, script, *(argv if argv is not None else sys.argv[1:])]
-    return subprocess.run(cmd, env={**os.environ, **ISA_ENV}, check=True).returncode
+def start(args, script, argv) -> torch.device | None:
+    """What every benchmark does first (this one and bench_fused.py). --isa avx2: the instruction sets are fixed at
+    library load, so `script` runs again in a process that starts with ISA_ENV set, and None is returned once it has
+    succeeded. Otherwise: check the device, set the thread count, and return the device."""
+    if args.isa == "avx2" and any(os.environ.get(k) != v for k, v in ISA_ENV.items()):
+        cmd = [sys.executable, script, *(argv if argv is not None else sys.argv[1:])]
+        subprocess.run(cmd, env={**os.environ, **ISA_ENV}, check=True)
+        return None
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("--device cuda: no CUDA GPU is available")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    return torch.device(args.device)
 
 
 def write_csv(path: Path, fields, rows) -> Path:
