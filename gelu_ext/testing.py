@@ -28,10 +28,10 @@ MEASURED_MAX_ULP = {
 }
 
 # geglu's forward, gelu(gate) * up, over 2.2e8 random (gate, up) pairs (every 61st finite float32 gate with |gate| < 20,
-# |up| in [2^-20, 2^9]; tests/test_geglu.py re-measures a sample): the product of gelu's error (3.83 / 2.43 ulp of
-# gelu(gate)) and one more rounding, in ulp of the product, which may sit in a binade where the same relative error
-# counts more ulp. 88 of the 2.2e8 erf-mode results are above 4 ulp.
-GEGLU_MEASURED_MAX_ULP = {"none": 4.609, "tanh": 2.908}
+# |up| in [2^-20, 2^9]; tests/test_geglu.py re-measures a sample): gelu's error plus one rounding, in ulp of the
+# product, where the same relative error can count up to twice as many ulp as in gelu's own result. Below |gate| = 1/8
+# (erf mode) the product comes from the series (csrc/gelu_math.h, gelu_erf_small_times): 1.54 ulp at most there.
+GEGLU_MEASURED_MAX_ULP = {"none": 3.837, "tanh": 2.908}
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
