@@ -65,7 +65,7 @@ def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> to
     return _geglu(gate, up, approximate)
 
 
-def _compute_dtype(dtype: torch.dtype) -> torch.dtype:
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
     """The kernels' arithmetic type: float32 for float32 and the half types, float64 for float64."""
     return torch.float64 if dtype == torch.float64 else torch.float32
 
@@ -103,7 +103,7 @@ def _bias_gelu_backward_grad(ctx, grad_grad_x, grad_grad_bias):
     if ctx.needs_input_grad[0]:
         wrt_grad = _bias_gelu_backward(upstream, x, bias, ctx.approximate)[0]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        compute = _compute_dtype(x.dtype)
+        compute = compute_dtype(x.dtype)
         h = x.to(compute) + bias.to(compute)  # the kernels' sum, rounded the same way
         wrt_h = upstream.to(compute) * grad.to(compute) * gelu_second_derivative(h, ctx.approximate)
         if ctx.needs_input_grad[1]:
@@ -146,7 +146,7 @@ def _geglu_backward_grad(ctx, grad_grad_gate, grad_grad_up):
     if ctx.needs_input_grad[0]:
         wrt_grad = gelu_backward(grad_grad_gate * up, gate, mode) + grad_grad_up * gelu(gate, mode)
     if ctx.needs_input_grad[1]:
-        compute = _compute_dtype(gate.dtype)
+        compute = compute_dtype(gate.dtype)
         second = (grad_grad_gate * grad * up).to(compute) * gelu_second_derivative(gate.to(compute), mode)
         wrt_gate = second.to(gate.dtype) + gelu_backward(grad_grad_up * grad, gate, mode)
     if ctx.needs_input_grad[2]:

@@ -12,10 +12,11 @@ import torch
 
 from . import _extension
 from ._extension import build_info
+from .fused import compute_dtype
 from .ops import APPROXIMATE_MODES
 from .reference import gelu_derivative_terms
 
-__all__ = ["APPROXIMATE_MODES"]  # re-exported: the test matrix's modes are the API's
+__all__ = ["APPROXIMATE_MODES", "compute_dtype"]  # re-exported: the test matrix's modes and types are the API's
 
 DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16)
 
@@ -32,11 +33,6 @@ MEASURED_MAX_ULP = {
 # product, where the same relative error can count up to twice as many ulp as in gelu's own result. Below |gate| = 1/8
 # (erf mode) the product comes from the series (csrc/gelu_math.h, gelu_erf_small_times): 1.54 ulp at most there.
 GEGLU_MEASURED_MAX_ULP = {"none": 3.837, "tanh": 2.908}
-
-
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """The kernels' arithmetic type: float64 for float64, float32 for float32, float16 and bfloat16."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def bias_gelu_sum(x: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
