@@ -151,8 +151,8 @@ void run_rows(int64_t rows, int64_t cols, scalar_t* out0, scalar_t* out1, RowsIn
 // partial sums, and then, per column block, the partial sums are added in row-block order. So the result is
 // bit-identical whatever the number of threads, and each column sum is a sequential sum of at most
 // ceil(rows / row_blocks) terms plus a sum of row_blocks partials (gelu_ext.testing.column_sum_error_bound).
-// A row block has at least kMinBlockRows rows, so the partial sums are at most 1/16 of the output: their extra
-// traffic (zeroed, added into in L1, read once) is a few percent of the op's.
+// A row block has at least kMinBlockRows rows (or all of them, when there are fewer), so the partial sums are at most
+// 1/16 of the output: their extra traffic (zeroed, added into in L1, read once) is a few percent of the op's.
 constexpr int64_t kColumnBlock = 1024;  // 4 KiB of float partial sums and of bias: both stay in L1 while a tile runs
 constexpr int64_t kMaxRowBlocks = 64;
 constexpr int64_t kMinBlockRows = 16;
