@@ -31,7 +31,6 @@ Rows go to a CSV (--csv; default benchmarks/results/fused-<device>-<time>.csv) a
 from __future__ import annotations
 
 import argparse
-import contextlib
 import csv
 import datetime
 import math
@@ -43,12 +42,14 @@ import torch.nn.functional as F
 
 import gelu_ext
 from gelu_ext.reference import gelu_derivative, gelu_reference
+from gelu_ext.testing import bias_gelu_sum
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_gelu import (  # noqa: E402
     DTYPES,
+    CompiledProvider,
     environment,
     set_memory_regime,
     significant,
@@ -118,7 +119,7 @@ def reference(op, mode, inputs, approximate):
     """float64 results of the pass (each output), from the same inputs."""
     a, b, g, _ = (t.double() for t in inputs)
     if op == "bias_gelu":
-        h = (inputs[0].float() + inputs[1].float()).double() if inputs[0].dtype != torch.float64 else a + b
+        h = bias_gelu_sum(inputs[0], inputs[1])
         if mode == "fwd":
             return (gelu_reference(h, approximate),)
         grad_x = g * gelu_derivative(h, approximate)
@@ -141,23 +142,6 @@ def check(op, mode, provider, outputs, inputs, approximate):
                                    msg=lambda m: f"{provider} {op} {mode} {approximate}: {m}")  # fmt: skip
 
 
-class Compiled:
-    """torch.compile(fullgraph=True) of one eager pass, compiled afresh for one configuration (see bench_gelu's
-    CompiledProvider: a shared cache would hit the recompile limit and run eagerly)."""
-
-    def __init__(self, fn):
-        torch._dynamo.reset()
-        torch._dynamo.utils.counters.clear()
-        self.fn = torch.compile(fn, dynamic=False, fullgraph=True)
-
-    @contextlib.contextmanager
-    def timed(self):
-        if torch._dynamo.utils.counters["stats"]["unique_graphs"] < 1:
-            raise RuntimeError("the compile provider ran eagerly: torch.compile produced no graph")
-        with torch._dynamo.config.patch(error_on_recompile=True):
-            yield
-
-
 def make_callable(op, mode, provider, approximate, sets):
     state = {"i": 0}
     if provider == "copy":
@@ -170,7 +154,7 @@ def make_callable(op, mode, provider, approximate, sets):
 
         run_copy.compiled = None
         return run_copy
-    compiled = Compiled(eager_fn(op, mode)) if provider == "compile" else None
+    compiled = CompiledProvider(eager_fn(op, mode)) if provider == "compile" else None
     fn = compiled.fn if compiled else (fused_fn if provider == "gelu_ext" else eager_fn)(op, mode)
 
     def run():

@@ -119,17 +119,17 @@ def backward_fn(provider):
 
 
 class CompiledProvider:
-    """torch.compile of F.gelu / aten.gelu_backward, compiled afresh for one configuration.
+    """torch.compile of an eager pass (here F.gelu / aten.gelu_backward; bench_fused.py: the fused ops' composites),
+    compiled afresh for one configuration.
 
     dynamo keeps its cache per code object: one compiled function serving every size, dtype and mode would hit the
     recompile limit and silently run eagerly. So each configuration starts from torch._dynamo.reset(), is compiled
     with fullgraph=True, must produce a graph, and may not recompile while it is timed.
     """
 
-    def __init__(self, kind):
+    def __init__(self, eager):
         torch._dynamo.reset()
         torch._dynamo.utils.counters.clear()
-        eager = backward_fn("aten") if kind == "bwd" else forward_fn("aten")  # the aten provider's own callables
         self.fn = torch.compile(eager, dynamic=False, fullgraph=True)
 
     @contextlib.contextmanager
@@ -191,7 +191,9 @@ def make_callable(provider, mode, approximate, sets):
             return dsts[state["i"]].copy_(x), x, g
 
         return run_copy
-    compiled = CompiledProvider(mode) if provider == "compile" else None
+    compiled = None
+    if provider == "compile":  # of the aten provider's own callables
+        compiled = CompiledProvider(backward_fn("aten") if mode == "bwd" else forward_fn("aten"))
     if mode == "fwd":
         fn = compiled.fn if compiled else forward_fn(provider)
 

@@ -41,6 +41,7 @@
 
 #include <cmath>
 #include <cstdint>
+#include <type_traits>
 
 #if defined(__CUDACC__)
 #define GELU_HOST_DEVICE __host__ __device__ __forceinline__
@@ -52,6 +53,14 @@ namespace gelu_ext {
 
 // The `approximate` argument of the ops, parsed once on the host.
 enum class Approximate : int { kNone = 0, kTanh = 1 };
+
+// Calls fn with std::integral_constant<Approximate, mode> and returns its result: the kernels (CPU and CUDA) are
+// compiled once per mode.
+template <typename Fn>
+decltype(auto) dispatch_mode(Approximate mode, Fn&& fn) {
+  if (mode == Approximate::kTanh) return fn(std::integral_constant<Approximate, Approximate::kTanh>{});
+  return fn(std::integral_constant<Approximate, Approximate::kNone>{});
+}
 
 namespace math {
 

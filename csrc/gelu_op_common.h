@@ -17,7 +17,6 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -79,15 +78,28 @@ inline void check_input(const Tensor& t, const char* op, const char* name) {
         ", but only float32, float64, float16 and bfloat16 are supported");
 }
 
-inline void check_same(const Tensor& grad_output, const Tensor& x, const char* op) {
-  const auto grad_sizes = grad_output.sizes();
-  const auto x_sizes = x.sizes();
-  check(std::equal(grad_sizes.begin(), grad_sizes.end(), x_sizes.begin(), x_sizes.end()), op,
-              ": grad_output has shape ", shape_string(grad_sizes), " but x has shape ", shape_string(x_sizes));
-  check(grad_output.scalar_type() == x.scalar_type(), op, ": grad_output has dtype ",
-              grad_output.scalar_type(), " but x has dtype ", x.scalar_type());
-  check(grad_output.device() == x.device(), op, ": grad_output is on ",
-                device_string(grad_output.device()), " but x is on ", device_string(x.device()));
+
+inline void check_same_shape(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
+                             const char* op) {
+  const auto a_sizes = a.sizes();
+  const auto b_sizes = b.sizes();
+  check(std::equal(a_sizes.begin(), a_sizes.end(), b_sizes.begin(), b_sizes.end()), op, ": ", a_name,
+        " has shape ", shape_string(a_sizes), " but ", b_name, " has shape ", shape_string(b_sizes));
+}
+
+inline void check_same_dtype_and_device(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
+                                        const char* op) {
+  check(a.scalar_type() == b.scalar_type(), op, ": ", a_name, " has dtype ", a.scalar_type(), " but ", b_name,
+        " has dtype ", b.scalar_type());
+  check(a.device() == b.device(), op, ": ", a_name, " is on ", device_string(a.device()), " but ", b_name, " is on ",
+        device_string(b.device()));
+}
+
+// A backward's grad_output: a supported dtype, and the shape, dtype and device of the op's first input (`like`).
+inline void check_grad_output(const Tensor& grad, const Tensor& like, const char* like_name, const char* op) {
+  check_input(grad, op, "grad_output");
+  check_same_shape(grad, "grad_output", like, like_name, op);
+  check_same_dtype_and_device(grad, "grad_output", like, like_name, op);
 }
 
 // ---- Layout -------------------------------------------------------------------------------------------------------
@@ -164,7 +176,7 @@ inline Tensor empty_output_like(const Tensor& x) {
   return empty_strided_like(x, sizes, strides, x.scalar_type());
 }
 
-// A contiguous tensor of t's shape and device; dtype t's unless given.
+// An uninitialized contiguous tensor of t's shape, dtype and device.
 inline Tensor empty_contiguous_like(const Tensor& t) {
   return empty_strided_like(t, t.sizes(), contiguous_strides(t.sizes()), t.scalar_type());
 }
@@ -203,9 +215,8 @@ inline Operands prepare_forward(const Tensor& x, std::string_view approximate) {
 
 inline Operands prepare_backward(const Tensor& grad, const Tensor& x, std::string_view approximate) {
   constexpr const char* kOp = "gelu_ext.gelu_backward";
-  check_input(grad, kOp, "grad_output");
   check_input(x, kOp, "x");
-  check_same(grad, x, kOp);
+  check_grad_output(grad, x, "x", kOp);
   const Approximate mode = parse_approximate(approximate, kOp);
   Tensor out = empty_output_like(x);
   Tensor x_laid_out = with_layout_of(x, out);
@@ -246,22 +257,6 @@ inline Rows as_rows(const Tensor& t) {
   return {t, row_stride < 0 ? cols : row_stride};
 }
 
-inline void check_same_shape(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
-                             const char* op) {
-  const auto a_sizes = a.sizes();
-  const auto b_sizes = b.sizes();
-  check(std::equal(a_sizes.begin(), a_sizes.end(), b_sizes.begin(), b_sizes.end()), op, ": ", a_name,
-        " has shape ", shape_string(a_sizes), " but ", b_name, " has shape ", shape_string(b_sizes));
-}
-
-inline void check_same_dtype_and_device(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name,
-                                        const char* op) {
-  check(a.scalar_type() == b.scalar_type(), op, ": ", a_name, " has dtype ", a.scalar_type(), " but ", b_name,
-        " has dtype ", b.scalar_type());
-  check(a.device() == b.device(), op, ": ", a_name, " is on ", device_string(a.device()), " but ", b_name, " is on ",
-        device_string(b.device()));
-}
-
 // The checked operands of a row op: `rows` x `cols` elements, inputs in the op's argument order.
 struct RowOperands {
   int64_t rows;
@@ -276,11 +271,9 @@ inline RowOperands row_operands(const Tensor& like, std::vector<Rows> inputs, Ap
   return {rows, cols, mode, std::move(inputs)};
 }
 
-// The grad_output of a row op's backward: checked against the op's first input, as rows.
+// The grad_output of a row op's backward, checked, as rows.
 inline Rows grad_rows(const Tensor& grad, const Tensor& like, const char* like_name, const char* op) {
-  check_input(grad, op, "grad_output");
-  check_same_shape(grad, "grad_output", like, like_name, op);
-  check_same_dtype_and_device(grad, "grad_output", like, like_name, op);
+  check_grad_output(grad, like, like_name, op);
   return as_rows(grad);
 }
 
@@ -320,14 +313,5 @@ inline RowOperands prepare_geglu(const Tensor* grad, const Tensor& gate, const T
   return row_operands(gate, std::move(inputs), mode);
 }
 
-// Calls fn with std::integral_constant<Approximate, mode>: the kernels are compiled once per mode.
-template <typename Fn>
-void dispatch_mode(Approximate mode, Fn&& fn) {
-  if (mode == Approximate::kTanh) {
-    fn(std::integral_constant<Approximate, Approximate::kTanh>{});
-  } else {
-    fn(std::integral_constant<Approximate, Approximate::kNone>{});
-  }
-}
 
 }  // namespace gelu_ext

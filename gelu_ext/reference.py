@@ -2,7 +2,7 @@
 
 Used in float64 these are accurate to ~1e-15 relative for |x| up to ~5 and never cancel (unlike
 0.5*x*(1+erf(x/sqrt(2))) for x < 0); further into the negative tail exp and erfc amplify the rounding of their
-argument, to ~1e-13 relative where the result underflows (gelu_ext.testing, REFERENCE_TOLERANCES). They share
+argument, to ~1e-13 relative where the result underflows (gelu_ext.testing, tail_conditioning). They share
 nothing with the C++ code they check: the constants are written out from their definitions here, and the second
 derivative is not a formula at all but torch autograd applied to the first (tests/test_reference.py checks all
 three against mpmath at 50 digits).

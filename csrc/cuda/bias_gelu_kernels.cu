@@ -14,7 +14,7 @@ cudaError_t launch_bias_gelu_forward(RowsInput x, RowsInput bias, void* y, int64
   const RowsInput inputs[2] = {x, bias};
   return detail::dispatch_dtype(dtype, [&](auto* type_tag) {
     using scalar_t = std::remove_pointer_t<decltype(type_tag)>;
-    return detail::dispatch_mode(mode, [&](auto m) {
+    return dispatch_mode(mode, [&](auto m) {
       return detail::launch_rows<BiasGeluForward<m()>, scalar_t>(inputs, y, nullptr, nullptr, nullptr, rows, cols,
                                                                  stream);
     });
@@ -27,7 +27,7 @@ cudaError_t launch_bias_gelu_backward(RowsInput grad, RowsInput x, RowsInput bia
   const RowsInput inputs[3] = {grad, x, bias};
   return detail::dispatch_dtype(dtype, [&](auto* type_tag) {
     using scalar_t = std::remove_pointer_t<decltype(type_tag)>;
-    return detail::dispatch_mode(mode, [&](auto m) {
+    return dispatch_mode(mode, [&](auto m) {
       return detail::launch_rows<BiasGeluBackward<m()>, scalar_t, true>(inputs, grad_x, nullptr, partial, grad_bias,
                                                                         rows, cols, stream);
     });

@@ -316,11 +316,4 @@ cudaError_t dispatch_dtype(DType dtype, Fn&& fn) {
   return cudaErrorInvalidValue;
 }
 
-// Calls fn with std::integral_constant<Approximate, mode>: kernels are compiled once per mode.
-template <typename Fn>
-cudaError_t dispatch_mode(Approximate mode, Fn&& fn) {
-  return mode == Approximate::kTanh ? fn(std::integral_constant<Approximate, Approximate::kTanh>{})
-                                    : fn(std::integral_constant<Approximate, Approximate::kNone>{});
-}
-
 }  // namespace gelu_ext::cuda::detail

@@ -13,7 +13,7 @@ cudaError_t launch_geglu_forward(RowsInput gate, RowsInput up, void* y, int64_t 
   const RowsInput inputs[2] = {gate, up};
   return detail::dispatch_dtype(dtype, [&](auto* type_tag) {
     using scalar_t = std::remove_pointer_t<decltype(type_tag)>;
-    return detail::dispatch_mode(mode, [&](auto m) {
+    return dispatch_mode(mode, [&](auto m) {
       return detail::launch_rows<GegluForward<m()>, scalar_t>(inputs, y, nullptr, nullptr, nullptr, rows, cols,
                                                               stream);
     });
@@ -25,7 +25,7 @@ cudaError_t launch_geglu_backward(RowsInput grad, RowsInput gate, RowsInput up, 
   const RowsInput inputs[3] = {grad, gate, up};
   return detail::dispatch_dtype(dtype, [&](auto* type_tag) {
     using scalar_t = std::remove_pointer_t<decltype(type_tag)>;
-    return detail::dispatch_mode(mode, [&](auto m) {
+    return dispatch_mode(mode, [&](auto m) {
       return detail::launch_rows<GegluBackward<m()>, scalar_t>(inputs, grad_gate, grad_up, nullptr, nullptr, rows,
                                                                cols, stream);
     });

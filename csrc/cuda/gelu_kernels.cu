@@ -11,7 +11,7 @@ cudaError_t launch_gelu_forward(const void* x, void* y, int64_t n, DType dtype, 
                                 cudaStream_t stream) {
   return detail::dispatch_dtype(dtype, [&](auto* type_tag) {
     using scalar_t = std::remove_pointer_t<decltype(type_tag)>;
-    return detail::dispatch_mode(mode, [&](auto m) {
+    return dispatch_mode(mode, [&](auto m) {
       return detail::launch_flat<GeluForward<m()>, scalar_t, 1>(x, nullptr, y, n, stream);
     });
   });
@@ -21,7 +21,7 @@ cudaError_t launch_gelu_backward(const void* grad, const void* x, void* y, int64
                                  cudaStream_t stream) {
   return detail::dispatch_dtype(dtype, [&](auto* type_tag) {
     using scalar_t = std::remove_pointer_t<decltype(type_tag)>;
-    return detail::dispatch_mode(mode, [&](auto m) {
+    return dispatch_mode(mode, [&](auto m) {
       return detail::launch_flat<GeluBackward<m()>, scalar_t, 2>(grad, x, y, n, stream);
     });
   });
