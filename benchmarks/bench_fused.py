@@ -48,13 +48,14 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 from bench_gelu import (  # noqa: E402
+    CPU_ROUNDS,
     DTYPES,
     CompiledProvider,
     environment,
     set_memory_regime,
     significant,
     start,
-    time_ms,
+    time_providers,
     write_csv,
 )
 
@@ -177,12 +178,14 @@ def time_configuration(args, device, env, op, dtype_name, approximate, tokens, h
     sets = [make_inputs(op, tokens, hidden, dtype, device) for _ in range(count)]
     rows, timings = [], {}
     for mode in args.modes:
-        for provider in args.providers:
-            run = make_callable(op, mode, provider, approximate, sets)
+        runs = {provider: make_callable(op, mode, provider, approximate, sets) for provider in args.providers}
+        for provider, run in runs.items():
             if provider != "copy":
                 check(op, mode, provider, run(), run.current(), approximate)  # validation before timing
-            timings[(provider, mode)] = time_ms(run, device)
+        for provider, ms in time_providers(runs, device, args.rounds).items():
+            timings[(provider, mode)] = ms
             if provider != "copy":
+                run = runs[provider]
                 check(op, mode, provider, run(), run.current(), approximate)  # and the timed output after
     copy_gbps = 2 * n * elem / timings[("copy", args.modes[0])] / 1e6
     for mode in args.modes:
@@ -261,6 +264,7 @@ def parse_args(argv=None):
     p.add_argument("--isa", choices=["native", "avx2"], default="native",
                    help="avx2: limit gelu_ext, ATen and oneDNN to AVX2, as on most users' CPUs")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--rounds", type=int, default=CPU_ROUNDS, help="CPU: timing rounds, providers interleaved")
     p.add_argument("--csv", type=Path, help="where to write the rows")
     args = p.parse_args(argv)
     cpu = args.device == "cpu"

@@ -232,7 +232,7 @@ def significant(value: float, digits: int) -> float:
     return float(f"{value:.{digits}g}")
 
 
-def time_ms(run, device) -> float:
+def time_ms(run, device, min_run_time: float = 0.5) -> float:
     for _ in range(3):  # warm-up: compilation, allocator, first-touch
         run()
     compiled = getattr(run, "compiled", None)
@@ -247,7 +247,26 @@ def time_ms(run, device) -> float:
         from torch.utils.benchmark import Timer
 
         timer = Timer(stmt="run()", globals={"run": run}, num_threads=torch.get_num_threads())
-        return timer.blocked_autorange(min_run_time=0.5).median * 1e3
+        return timer.blocked_autorange(min_run_time=min_run_time).median * 1e3
+
+
+# CPU rounds per configuration (--rounds): the providers are timed in turn, round after round, and each keeps its
+# fastest round. Why: a shared 2-core machine runs slower for seconds at a time (another tenant on the core or its
+# memory), so timing one provider after the other put a slow phase on one side of a ratio only; run-to-run spread was
+# up to 2x. Interleaved, a slow phase hits every provider alike and the min over rounds drops it.
+CPU_ROUNDS = 5
+
+
+def time_providers(runs: dict, device, rounds: int = CPU_ROUNDS) -> dict:
+    """Median ms per call of each of `runs` ({name: callable}), timed in turn `rounds` times (CPU; CUDA: once, as
+    do_bench already takes its median over a long run), keeping each one's fastest round."""
+    rounds = rounds if device.type == "cpu" else 1
+    best = {}
+    for _ in range(rounds):
+        for name, run in runs.items():
+            ms = time_ms(run, device, min_run_time=0.5 / rounds)
+            best[name] = min(best.get(name, math.inf), ms)
+    return best
 
 
 def _cuda_events_ms(run, repeats=100):
@@ -359,10 +378,10 @@ def time_configuration(args, device, env, memory, dtype_name, approximate, size)
     sets = make_inputs(size, dtype, device, count)
     timings = {}
     for mode in args.modes:
-        for provider in args.providers:
-            run = make_callable(provider, mode, approximate, sets)
-            timings[(provider, mode)] = time_ms(run, device)
-            check_timed_output(provider, mode, approximate, run)
+        runs = {provider: make_callable(provider, mode, approximate, sets) for provider in args.providers}
+        for provider, ms in time_providers(runs, device, args.rounds).items():
+            timings[(provider, mode)] = ms
+            check_timed_output(provider, mode, approximate, runs[provider])
     copy_gbps = 2 * size * elem / timings[("copy", args.modes[0])] / 1e6
     rows = []
     for mode in args.modes:
@@ -443,6 +462,7 @@ def parse_args(argv=None):
     p.add_argument("--input-sets", type=int, default=MAX_INPUT_SETS,
                    help="input sets to rotate through (1: the input stays in cache)")  # fmt: skip
     p.add_argument("--threads", type=int, help="CPU threads (default: torch's)")
+    p.add_argument("--rounds", type=int, default=CPU_ROUNDS, help="CPU: timing rounds, providers interleaved")
     p.add_argument("--csv", type=Path, help="where to write the rows (default benchmarks/results/<device>-<time>.csv)")
     p.add_argument("--accuracy", action="store_true", help="print the ulp-error table instead of timing")
     args = p.parse_args(argv)
