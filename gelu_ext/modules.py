@@ -11,15 +11,8 @@ from .fused import bias_gelu, geglu
 from .ops import check_approximate, gelu
 
 
-class GELU(nn.Module):
-    """Applies GELU elementwise, like torch.nn.GELU, with gelu_ext's kernels.
-
-    Args:
-        approximate: "none" for x * Phi(x), "tanh" for the tanh approximation.
-
-    Same constructor, repr and (empty) state_dict as torch.nn.GELU, so it can replace it in existing models and
-    load their checkpoints.
-    """
+class _ApproximateModule(nn.Module):
+    """What GELU and GEGLU share: the `approximate` argument, checked once, a TorchScript constant, in the repr."""
 
     __constants__ = ("approximate",)
     approximate: str
@@ -29,11 +22,22 @@ class GELU(nn.Module):
         check_approximate(approximate)
         self.approximate = approximate
 
-    def forward(self, input: torch.Tensor) -> torch.Tensor:
-        return gelu(input, self.approximate)
-
     def extra_repr(self) -> str:
         return f"approximate={self.approximate!r}"
+
+
+class GELU(_ApproximateModule):
+    """Applies GELU elementwise, like torch.nn.GELU, with gelu_ext's kernels.
+
+    Args:
+        approximate: "none" for x * Phi(x), "tanh" for the tanh approximation.
+
+    Same constructor, repr and (empty) state_dict as torch.nn.GELU, so it can replace it in existing models and
+    load their checkpoints.
+    """
+
+    def forward(self, input: torch.Tensor) -> torch.Tensor:
+        return gelu(input, self.approximate)
 
 
 class LinearGELU(nn.Linear):
@@ -80,21 +84,13 @@ class LinearGELU(nn.Linear):
         return f"{super().extra_repr()}, approximate={self.approximate!r}"
 
 
-class GEGLU(nn.Module):
+class GEGLU(_ApproximateModule):
     """`value * gelu(gate)` for `value, gate = input.chunk(2, dim=-1)`: [..., 2H] -> [..., H].
 
     The order is diffusers' GEGLU (and most GEGLU code): the **first** half of the last dimension is the value, the
     **second** half the gate. The two halves are read in place by gelu_ext.geglu (no copy). This module has no
     projection of its own: put the nn.Linear(d, 2H) in front of it.
     """
-
-    __constants__ = ("approximate",)
-    approximate: str
-
-    def __init__(self, approximate: str = "none") -> None:
-        super().__init__()
-        check_approximate(approximate)
-        self.approximate = approximate
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
         if input.dim() == 0 or input.shape[-1] % 2 != 0:
@@ -104,6 +100,3 @@ class GEGLU(nn.Module):
             )
         value, gate = input.chunk(2, dim=-1)
         return geglu(gate, value, self.approximate)
-
-    def extra_repr(self) -> str:
-        return f"approximate={self.approximate!r}"

@@ -216,3 +216,17 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
         i = int(differ.nonzero()[0, 0]) if differ.dim() else 0
         raise AssertionError(f"{int(differ.sum())} elements differ in their bits, first at flat index {i}: "
                              f"{a.flatten()[i].item()!r} vs {e.flatten()[i].item()!r}")  # fmt: skip
+
+
+def assert_compiled_matches_eager(model: torch.nn.Module, x: torch.Tensor) -> None:
+    """torch.compile(model, fullgraph=True) gives the eager model's output and parameter gradients."""
+    torch._dynamo.reset()
+    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
+    out = compiled(x)
+    torch.testing.assert_close(out, model(x))
+    out.square().sum().backward()
+    grads = [p.grad.clone() for p in model.parameters()]
+    model.zero_grad()
+    model(x).square().sum().backward()
+    for g, p in zip(grads, model.parameters(), strict=True):
+        torch.testing.assert_close(g, p.grad)

@@ -11,7 +11,7 @@ import torch.nn.functional as F
 from torch import nn
 
 import gelu_ext
-from gelu_ext.testing import APPROXIMATE_MODES, devices
+from gelu_ext.testing import APPROXIMATE_MODES, assert_compiled_matches_eager, devices
 
 
 @pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
@@ -82,18 +82,8 @@ def test_geglu_module_errors():
 
 @pytest.mark.parametrize("device", devices())
 def test_modules_compile_fullgraph(device):
-    torch._dynamo.reset()
     model = nn.Sequential(gelu_ext.LinearGELU(16, 64), gelu_ext.GEGLU("tanh"), nn.Linear(32, 4)).to(device)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    x = torch.randn(8, 16, device=device)
-    out = compiled(x)
-    torch.testing.assert_close(out, model(x))
-    out.square().sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model(x).square().sum().backward()
-    for g, p in zip(grads, model.parameters(), strict=True):
-        torch.testing.assert_close(g, p.grad)
+    assert_compiled_matches_eager(model, torch.randn(8, 16, device=device))
 
 
 def test_vision_transformer_with_linear_gelu_mlp_blocks_matches_the_original():

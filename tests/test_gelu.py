@@ -18,6 +18,7 @@ from gelu_ext.testing import (
     DTYPES,
     F_GELU_TOLERANCES,
     assert_bitwise_equal,
+    assert_compiled_matches_eager,
     assert_within,
     available_cpu_capabilities,
     cpu_capability,
@@ -185,20 +186,10 @@ def test_opcheck(device, dtype, approximate):
 
 @pytest.mark.parametrize("device", devices())
 def test_torch_compile_fullgraph(device):
-    torch._dynamo.reset()
     model = torch.nn.Sequential(
         torch.nn.Linear(16, 32), gelu_ext.GELU(), torch.nn.Linear(32, 32), gelu_ext.GELU("tanh"), torch.nn.Linear(32, 4)
     ).to(device)
-    compiled = torch.compile(model, fullgraph=True, backend="aot_eager")
-    x = torch.randn(8, 16, device=device)
-    out = compiled(x)
-    torch.testing.assert_close(out, model(x))
-    out.square().sum().backward()
-    grads = [p.grad.clone() for p in model.parameters()]
-    model.zero_grad()
-    model(x).square().sum().backward()
-    for g, p in zip(grads, model.parameters(), strict=True):
-        torch.testing.assert_close(g, p.grad)
+    assert_compiled_matches_eager(model, torch.randn(8, 16, device=device))
     # The autograd.Function (which gelu_ext.gelu records eagerly) compiles too, with its backward.
     x = torch.randn(33, device=device, requires_grad=True)
     fn = torch.compile(lambda t: gelu_ext.GELUFunction.apply(t, "tanh").exp(), fullgraph=True, backend="aot_eager")
