@@ -28,12 +28,12 @@
 // 3.83 ulp (erf) and 2.43 (tanh), derivative 4.18 and 4.60 ulp of its larger term. Contract: 4 and 8.
 //
 // Cost per 16 floats with AVX-512, as GCC vectorizes it (the loop's vector instructions, moves excluded, one of them
-// a division): gelu_erf 34, its derivative with the grad multiply 38; gelu_tanh 44, its derivative 50. With AVX2,
-// per 8 floats: 35, 40, 45, 52. F.gelu's erf forward on CPU is oneDNN's JIT kernel (its own 5-term erf and exp, no
+// a division): gelu_erf 32, its derivative with the grad multiply 36; gelu_tanh 43, its derivative 49. With AVX2,
+// per 8 floats: 33, 38, 44, 51. F.gelu's erf forward on CPU is oneDNN's JIT kernel (its own 5-term erf and exp, no
 // accuracy in the tail); ATen's vectorized erf is 13 operations + 1 division + Sleef's expf, and its tanh mode calls
 // Sleef's tanhf.
 // On CUDA (benchmarks/kernel_ops.py, sm_90, .f32 PTX instructions per element, a division counted once): float32
-// 37 (erf) and 49 (tanh) forward, 43 and 58 backward; bfloat16/float16 34 and 47 forward, 40 and 55 backward. No FP64
+// 36 (erf) and 49 (tanh) forward, 42.5 and 58 backward; bfloat16/float16 33 and 47 forward, 39 and 55 backward. No FP64
 // instruction in any float kernel. An H100 streaming bf16 at 3 TB/s has ~44 FP32 operations per element to spare.
 //
 // double inputs use the C library's (host) or CUDA's (device) erfc and exp with the same formulas.
@@ -101,17 +101,19 @@ constexpr float kScaleDown = 0x1p-64f;
 
 // exp(y) for y in [-113, 0], as
 //   exp(y) = (1 + r u) * scale * 2^-64        scale = 2^(k + 64), |r| <= ln2/2 + 2^-14, u = 1 + r/2 + ...
-// Cody-Waite reduction y = k ln2 + r: k comes from rounding y * log2(e) to an integer by adding 1.5 * 2^23 (the
-// integer lands in the low mantissa bits, so k + 64 + 127, the biased exponent of 2^(k + 64), is one integer
-// subtraction away). exp(r) = 1 + r (1 + r Q(r)), Q of degree 4: 4e-9 relative error, below float's 6e-8.
+// (or, for the Gaussian, a power-of-two multiple of r and the matching u: only the product r u is ever used).
+// Cody-Waite reduction y = k ln2 + r: k comes from rounding y * log2(e) to an integer by adding 1.5 * 2^23 + 191 (the
+// integer lands in the low mantissa bits, so the float's low 9 bits are k + 64 + 127, the biased exponent of
+// 2^(k + 64), and one shift by 23 makes them the exponent field: the bits above them shift out). exp(r) =
+// 1 + r (1 + r Q(r)), Q of degree 4: 4e-9 relative error, below float's 6e-8.
 // 2^(k + 64) is a normal float for every k >= -163. The last step, 1 + r u, is left to the caller: folded into its
 // final product as fma(A, r u, A), it rounds once instead of twice, and a caller's own small relative correction c
 // joins it as fma(A, fma(r, u, c), A) = A (1 + r u) (1 + c) to first order.
 // exp turns an absolute error of y into the same relative error, and |y| reaches 113, so y is never rounded as a
-// whole: the two entry points below take it as an exact product or as a double-float pair.
+// whole: the two entry points below take it as an exact square or as a double-float pair.
 struct ExpParts {
-  float r;
-  float u;
+  float r;      // the reduced argument, or a power-of-two multiple of it
+  float u;      // with r u = exp(reduced argument) - 1
   float scale;  // 2^(k + 64)
 };
 
@@ -120,43 +122,53 @@ constexpr float kLn2Hi = 0x1.62e4p-1f;    // 0.693145751953125: 16 significant b
 constexpr float kLn2Lo = 1.42860677e-6f;  // ln 2 - kLn2Hi
 constexpr float kRoundToInt = 12582912.0f;  // 1.5 * 2^23
 
-// k from an approximation of y; returns k as a float and sets scale = 2^(k + 64). 4 operations.
-GELU_HOST_DEVICE float exp_reduce(float y_approx, float& scale) {
+// k from an approximation of y, given as y_part * y_factor (y_factor * log2(e) a constant); returns k as a float and
+// sets scale = 2^(k + 64). 3 operations.
+// shifted = 1.5 * 2^23 + (k + 191) has the bits 0x4b400000 + (k + 191), and 0 < k + 191 < 2^9 for every y in
+// [-113, 0] (k >= -163): shifted left by 23 (unsigned, so the bits above bit 8 leave without overflow), they are
+// (k + 191) << 23, the bits of 2^(k + 64). One integer subtraction fewer than taking 0x4b400000 off first.
+GELU_HOST_DEVICE float exp_reduce(float y_part, float y_factor, float& scale) {
   constexpr float kShifter = kRoundToInt + 191;  // 191 = 127 (exponent bias) + 64 (the 2^64 prescale)
-  const float shifted = fma_f(y_approx, kLog2e, kShifter);
-  scale = bit_cast<float>((bit_cast<int32_t>(shifted) - bit_cast<int32_t>(kRoundToInt)) << 23);
+  const float shifted = fma_f(y_part, y_factor * kLog2e, kShifter);
+  scale = bit_cast<float>(bit_cast<uint32_t>(shifted) << 23);
   return shifted - kShifter;
 }
 
-// exp(r) - 1 = r u. 5 operations.
-GELU_HOST_DEVICE float exp_poly(float r) {
-  float q = 1.38142228e-3f;
-  q = fma_f(q, r, 8.36889911e-3f);
-  q = fma_f(q, r, 4.16684039e-2f);
-  q = fma_f(q, r, 1.66665196e-1f);
-  q = fma_f(q, r, 4.99999940e-1f);
-  return fma_f(q, r, 1.0f);
+// exp(r) - 1 = r u, u = 1 + c1 r + ... + c5 r^5 by Horner, for r = s z with s a power of two (1 or -1/2): the
+// polynomial in z has the coefficients c_i s^(i+1) (constants, folded at compile time), so every Horner step is the
+// s = 1 evaluation's times a power of two and rounds identically, and z (s u) = r u exactly. 5 operations.
+GELU_HOST_DEVICE float exp_poly(float z, float s) {
+  float q = 1.38142228e-3f * (s * s * s * s * s * s);
+  q = fma_f(q, z, 8.36889911e-3f * (s * s * s * s * s));
+  q = fma_f(q, z, 4.16684039e-2f * (s * s * s * s));
+  q = fma_f(q, z, 1.66665196e-1f * (s * s * s));
+  q = fma_f(q, z, 4.99999940e-1f * (s * s));
+  return fma_f(q, z, s);
 }
 
-// exp(m * a) for the exact product of two floats: r = m a - k ln2_hi in one FMA (one rounding of a number below
-// 0.35, so < 2^-26 absolute), then - k ln2_lo. Cost: 12 operations.
-GELU_HOST_DEVICE ExpParts exp_of_product(float m, float a) {
+// exp(-a^2 / 2), the Gaussian of erf mode, for a in [0, 15]. k from the rounded a^2 (only k depends on it), then the
+// reduced argument r = -a^2/2 - k ln2 carried as t = -2 r = a^2 + 2 k ln2: a^2 + 2 k ln2_hi in one FMA of the exact
+// square (2 k ln2_hi is exact), one rounding of a number below 0.7, so < 2^-25 absolute, then + 2 k ln2_lo; and the
+// polynomial in t (s = -1/2). The same results, bit for bit, as r = fma(-a/2, a, -k ln2_hi) - k ln2_lo and the
+// polynomial in r: each value is that form's times -2 or -1/2, which rounds alike (where a^2 is subnormal the two can
+// differ in r's last bit, and 1 + r u rounds to 1 either way), without forming -a/2. Cost: 12 operations.
+GELU_HOST_DEVICE ExpParts exp_minus_half_square(float a) {
   float scale;
-  const float k = exp_reduce(m * a, scale);
-  float r = fma_f(m, a, k * -kLn2Hi);
-  r = fma_f(k, -kLn2Lo, r);
-  return {r, exp_poly(r), scale};
+  const float k = exp_reduce(a * a, -0.5f, scale);
+  float t = fma_f(a, a, k * (2.0f * kLn2Hi));
+  t = fma_f(k, 2.0f * kLn2Lo, t);
+  return {t, exp_poly(t, -0.5f), scale};
 }
 
 // exp(hi + lo) for a double-float argument, |lo| <= 2^-14: k * ln2_hi is exact, and so is hi - k ln2_hi
-// (Sterbenz), so r = (hi - k ln2_hi) - k ln2_lo + lo loses nothing to cancellation. Cost: 12 operations.
+// (Sterbenz), so r = (hi - k ln2_hi) - k ln2_lo + lo loses nothing to cancellation. Cost: 11 operations.
 GELU_HOST_DEVICE ExpParts exp_parts(float hi, float lo) {
   float scale;
-  const float k = exp_reduce(hi, scale);
+  const float k = exp_reduce(hi, 1.0f, scale);
   float r = fma_f(k, -kLn2Hi, hi);
   r = fma_f(k, -kLn2Lo, r);
   r = r + lo;
-  return {r, exp_poly(r), scale};
+  return {r, exp_poly(r, 1.0f), scale};
 }
 
 // A * (1 + r u) * (1 + c) * 2^-64 * sign for A = (the caller's product) * scale: the one rounding into the subnormal
@@ -188,8 +200,9 @@ GELU_HOST_DEVICE float derivative_from_negative_side(float x, float g) {
 // gelu(x) * m (geglu's product) from g(a) * 2^48: for x < 0 the product is g(a) * m, formed as
 // (g(a) 2^48) (m 2^-48), both factors exact and normal (g(a) >= 5.5e-50 = 2^-164 above the clamp, and |m| >= 2^-78),
 // so it rounds once, even where g(a) alone would be subnormal and a large m would scale up its lost bits (gelu(-14)
-// is -1.09e-43, a subnormal with 7 significant bits: gelu(-14) * 300 in two steps is 41 ulp off, geglu 0.05). At the clamp g is taken as -0, exact as long as |g(clamp) m| is below the smallest
-// subnormal (|m| < 2.5e4 in erf mode, 875 in tanh mode); gelu(x) rounds to -0 there by itself.
+// is -1.09e-43, a subnormal with 7 significant bits: gelu(-14) * 300 in two steps is 41 ulp off, geglu 0.05). At the
+// clamp g is taken as -0, exact as long as |g(clamp) m| is below the smallest subnormal (|m| < 2.5e4 in erf mode, 875
+// in tanh mode); gelu(x) rounds to -0 there by itself.
 constexpr float kProductScaleDown = 0x1p-16f;  // kScaleDown * 2^48: times_exp then leaves g(a) * 2^48
 constexpr float kProductUnscale = 0x1p-48f;
 
@@ -205,7 +218,7 @@ GELU_HOST_DEVICE float product_from_negative_side(float x, float g_scaled, float
 // where Horner's roundings would all count, Qg's error cancels between numerator and denominator and Pg's is
 // damped by Pg / den ~ 1/a^2; for small a, each polynomial is its constant term plus small corrections. The
 // forward's a R(a) is one division of a Qg, which both sides share.
-// Cost: 11 + 13 (exp) = 24 operations + div.
+// Cost: 11 + 12 (exp) = 23 operations + div.
 struct NormalParts {
   float a_qg, a_q1, den;  // a R(a) = a_qg / den, R(a) = (1 + a_q1) / den
   float r, u, scale;      // exp(-a^2/2) as ExpParts (a nested struct would keep GCC from vectorizing)
@@ -228,7 +241,7 @@ GELU_HOST_DEVICE NormalParts normal_parts(float a) {
   q1 = fma_f(q1, a, 1.08631027f);
   const float a_q1 = a * q1;
   const float a_qg = fma_f(a_q1, a, a);
-  const ExpParts gauss = exp_of_product(-0.5f * a, a);  // -a/2 is exact
+  const ExpParts gauss = exp_minus_half_square(a);
   return {a_qg, a_q1, fma_f(kSqrt2PiF, a_qg, pg), gauss.r, gauss.u, gauss.scale};
 }
 

@@ -17,7 +17,16 @@ import math
 
 import torch
 
-from .ops import _MODES, call_backward_op, check_approximate, gelu, gelu_backward, gelu_second_derivative
+from .ops import (
+    _MODES,
+    apply_op,
+    call_backward_op,
+    check_approximate,
+    gelu,
+    gelu_backward,
+    gelu_second_derivative,
+    op_functions,
+)
 
 _bias_gelu = torch.ops.gelu_ext.bias_gelu.default
 _bias_gelu_backward = torch.ops.gelu_ext.bias_gelu_backward.default
@@ -49,7 +58,7 @@ def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") ->
     if approximate.__class__ is not str or approximate not in _MODES:
         check_approximate(approximate)
     _check_bias(x, bias, "bias_gelu")
-    return _bias_gelu(x, bias, approximate)
+    return apply_op(BIAS_GELU_FUNCTIONS, _bias_gelu, (x, bias), x, bias, approximate)
 
 
 def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -62,7 +71,7 @@ def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> to
     if gate.dim() == 0:
         raise ValueError("gelu_ext.geglu: gate and up must have at least one dimension")
     _check_same_shape(up, "up", gate, "gate", "geglu")
-    return _geglu(gate, up, approximate)
+    return apply_op(GEGLU_FUNCTIONS, _geglu, (gate, up), gate, up, approximate)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -101,7 +110,7 @@ def _bias_gelu_backward_grad(ctx, grad_grad_x, grad_grad_bias):
     upstream = grad_grad_x + grad_grad_bias
     wrt_grad = wrt_x = wrt_bias = None
     if ctx.needs_input_grad[0]:
-        wrt_grad = _bias_gelu_backward(upstream, x, bias, ctx.approximate)[0]
+        wrt_grad = call_backward_op(_bias_gelu_backward, upstream, x, bias, ctx.approximate)[0]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
         compute = compute_dtype(x.dtype)
         h = x.to(compute) + bias.to(compute)  # the kernels' sum, rounded the same way
@@ -113,9 +122,56 @@ def _bias_gelu_backward_grad(ctx, grad_grad_x, grad_grad_bias):
     return wrt_grad, wrt_x, wrt_bias, None
 
 
+def _bias_gelu_backward_kernel(grad, x, bias, approximate):
+    """(grad * gelu'(x + bias), its sum over rows), through the op's autograd.Function where that records anything."""
+    return apply_op(BIAS_GELU_BACKWARD_FUNCTIONS, _bias_gelu_backward, (grad, x, bias), grad, x, bias, approximate)
+
+
+def _bias_gelu_jvp(ctx, x_tangent, bias_tangent, *_):
+    # d/dt gelu(x + bias) = gelu'(x + bias) (x' + bias'): the backward kernel with the tangent as its grad
+    x, bias = ctx.saved_tensors
+    tangent = x_tangent if x_tangent is not None else torch.zeros_like(x)
+    if bias_tangent is not None:
+        tangent = tangent + bias_tangent
+    return _bias_gelu_backward_kernel(tangent, x, bias, ctx.approximate)[0]
+
+
+def _bias_gelu_backward_jvp(ctx, grad_tangent, x_tangent, bias_tangent, *_):
+    # d/dt [grad gelu'(h)] = grad' gelu'(h) + grad gelu''(h) h', h = x + bias; grad_bias's tangent is its row sum.
+    grad, x, bias = ctx.saved_tensors
+    compute = compute_dtype(x.dtype)
+    grad_x_t = grad_bias_t = None
+    if grad_tangent is not None:
+        grad_x_t, grad_bias_t = _bias_gelu_backward_kernel(grad_tangent, x, bias, ctx.approximate)
+    if x_tangent is not None or bias_tangent is not None:
+        h = x.to(compute) + bias.to(compute)  # the kernels' sum, rounded the same way
+        h_t = torch.zeros_like(h)
+        if x_tangent is not None:
+            h_t = h_t + x_tangent.to(compute)
+        if bias_tangent is not None:
+            h_t = h_t + bias_tangent.to(compute)
+        second = grad.to(compute) * h_t * gelu_second_derivative(h, ctx.approximate)
+        second_x, second_bias = second.to(x.dtype), _sum_rows(second).to(bias.dtype)
+        grad_x_t = second_x if grad_x_t is None else grad_x_t + second_x
+        grad_bias_t = second_bias if grad_bias_t is None else grad_bias_t + second_bias
+    return grad_x_t, grad_bias_t
+
+
 torch.library.register_autograd("gelu_ext::bias_gelu", _bias_gelu_grad, setup_context=_bias_gelu_setup_context)
 torch.library.register_autograd(
     "gelu_ext::bias_gelu_backward", _bias_gelu_backward_grad, setup_context=_bias_gelu_backward_setup_context
+)
+# What gelu_ext.bias_gelu records (ops.op_functions: forward-mode AD and torch.func too).
+BIAS_GELU_FUNCTIONS = op_functions(
+    "BiasGeluFunction", _bias_gelu, 2, _bias_gelu_setup_context, _bias_gelu_grad, _bias_gelu_jvp
+)
+BIAS_GELU_BACKWARD_FUNCTIONS = op_functions(
+    "BiasGeluBackwardFunction",
+    _bias_gelu_backward,
+    3,
+    _bias_gelu_backward_setup_context,
+    _bias_gelu_backward_grad,
+    _bias_gelu_backward_jvp,
 )
 
 
@@ -154,10 +210,51 @@ def _geglu_backward_grad(ctx, grad_grad_gate, grad_grad_up):
     return wrt_grad, wrt_gate, wrt_up, None
 
 
+def _geglu_jvp(ctx, gate_tangent, up_tangent, *_):
+    # d/dt [gelu(gate) up] = up gelu'(gate) gate' + gelu(gate) up'
+    gate, up = ctx.saved_tensors
+    result = None
+    if gate_tangent is not None:
+        result = apply_op(GEGLU_BACKWARD_FUNCTIONS, _geglu_backward, (gate_tangent, gate, up), gate_tangent, gate, up,
+                          ctx.approximate)[0]  # fmt: skip
+    if up_tangent is not None:
+        wrt_up = geglu(gate, up_tangent, ctx.approximate)
+        result = wrt_up if result is None else result + wrt_up
+    return result
+
+
+def _geglu_backward_jvp(ctx, grad_tangent, gate_tangent, up_tangent, *_):
+    # grad_gate = grad up gelu'(gate), grad_up = grad gelu(gate), differentiated along (grad', gate', up').
+    grad, gate, up = ctx.saved_tensors
+    mode = ctx.approximate
+    scaled_grad = None  # grad' up + grad up', the factor of gelu'(gate) in grad_gate's tangent
+    grad_gate_t = grad_up_t = None
+    if grad_tangent is not None:
+        scaled_grad = grad_tangent * up
+        grad_up_t = geglu(gate, grad_tangent, mode)
+    if up_tangent is not None:
+        scaled_grad = grad * up_tangent if scaled_grad is None else scaled_grad + grad * up_tangent
+    if scaled_grad is not None:
+        grad_gate_t = gelu_backward(scaled_grad, gate, mode)
+    if gate_tangent is not None:
+        compute = compute_dtype(gate.dtype)
+        second = (grad * up * gate_tangent).to(compute) * gelu_second_derivative(gate.to(compute), mode)
+        grad_gate_t = second.to(gate.dtype) if grad_gate_t is None else grad_gate_t + second.to(gate.dtype)
+        wrt_gate = gelu_backward(grad * gate_tangent, gate, mode)
+        grad_up_t = wrt_gate if grad_up_t is None else grad_up_t + wrt_gate
+    return grad_gate_t, grad_up_t
+
+
 torch.library.register_autograd("gelu_ext::geglu", _geglu_grad, setup_context=_geglu_setup_context)
 torch.library.register_autograd(
     "gelu_ext::geglu_backward", _geglu_backward_grad, setup_context=_geglu_backward_setup_context
 )
+# What gelu_ext.geglu records (ops.op_functions: forward-mode AD and torch.func too).
+GEGLU_FUNCTIONS = op_functions("GEGLUFunction", _geglu, 2, _geglu_setup_context, _geglu_grad, _geglu_jvp)
+GEGLU_BACKWARD_FUNCTIONS = op_functions(
+    "GEGLUBackwardFunction", _geglu_backward, 3, _geglu_backward_setup_context, _geglu_backward_grad,
+    _geglu_backward_jvp,
+)  # fmt: skip
 
 
 # ---- fake kernels: the kernels' outputs are contiguous ----------------------------------------------------------

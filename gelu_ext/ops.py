@@ -4,9 +4,17 @@ autograd.
 The schemas and the CPU/CUDA kernels are in csrc/. Autograd is registered here with torch.library.register_autograd:
 the LibTorch stable ABI that the compiled libraries use has no C++ autograd. gelu_backward is an op of its own with
 its own derivative (gelu'' in differentiable torch ops), so double backward and higher work.
+
+The functional API (gelu_ext.gelu, gelu_backward, bias_gelu, geglu) records autograd through autograd.Functions of
+each op instead (op_functions): the same kernels and formulas, plus forward-mode AD and torch.func (grad, vjp, jvp,
+jacrev, jacfwd, hessian, vmap), which torch.library's generated autograd cannot serve (it drops forward-mode
+tangents, and torch.func rejects it: pytorch/pytorch#170834). Where nothing is to be recorded the kernel is called
+below the autograd key. Under torch.compile the ops and their registered autograd are traced as they are.
 """
 
 from __future__ import annotations
+
+from typing import NamedTuple
 
 import torch
 
@@ -15,6 +23,8 @@ _gelu_backward = torch.ops.gelu_ext.gelu_backward.default
 _is_grad_enabled = torch.is_grad_enabled
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 _is_compiling = torch.compiler.is_compiling
+_forward_ad = torch.autograd.forward_ad
+_functorch_active = torch._C._are_functorch_transforms_active
 
 
 APPROXIMATE_MODES = ("none", "tanh")
@@ -43,9 +53,7 @@ def gelu(x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
     # csrc/gelu_op_common.h). The common, valid call pays one identity test and one set lookup.
     if approximate.__class__ is not str or approximate not in _MODES:
         check_approximate(approximate)
-    if x.requires_grad and _is_grad_enabled() and not _is_compiling():
-        return GELUFunction.apply(x, approximate)
-    return _gelu(x, approximate)
+    return apply_op(GELU_FUNCTIONS, _gelu, (x,), x, approximate)
 
 
 def gelu_backward(grad_output: torch.Tensor, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
@@ -56,7 +64,7 @@ def gelu_backward(grad_output: torch.Tensor, x: torch.Tensor, approximate: str =
         raise ValueError(
             f"gelu_ext.gelu_backward: grad_output has shape {list(grad_output.shape)} but x has shape {list(x.shape)}"
         )
-    return _gelu_backward(grad_output, x, approximate)
+    return apply_op(GELU_BACKWARD_FUNCTIONS, _gelu_backward, (grad_output, x), grad_output, x, approximate)
 
 
 def gelu_second_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
@@ -77,8 +85,89 @@ def gelu_second_derivative(x: torch.Tensor, approximate: str) -> torch.Tensor:
 
 # ---- autograd ------------------------------------------------------------------------------------------------------
 # Kept lean: these run on every training step. The per-call cost on small tensors (README, Speed: "Small tensors") is
-# `python benchmarks/bench_gelu.py --sizes 12 --modes fwdbwd`. Most of it is torch.library's own Python autograd
-# layer, which replaced the C++ one that the stable ABI cannot express.
+# `python benchmarks/bench_gelu.py --sizes 12 --modes fwdbwd`. Each formula below serves both the op's registered
+# autograd (torch.ops.gelu_ext.*, torch.compile) and its autograd.Function (the functional API).
+
+
+class OpFunctions(NamedTuple):
+    """The two autograd.Functions of one registered op (op_functions)."""
+
+    eager: type  # plain autograd: legacy forward(ctx, ...), no per-call signature binding; no jvp
+    transforms: type  # forward-mode AD and torch.func: forward / setup_context / jvp, and a generated vmap rule
+
+
+def apply_op(functions, op, tensors, *args):
+    """One functional-API call of `op(*args)`: traced as the op under torch.compile; through the op's
+    autograd.Function for transforms when a forward-mode AD level is open (its tangents are invisible to
+    requires_grad) or a torch.func transform is active; through its eager autograd.Function when a tensor in `tensors`
+    requires grad in grad mode; otherwise the kernel itself, below the autograd key (a no-grad call would only pass
+    through torch.library's Python autograd layer, ~3-10 us on CPU)."""
+    if _is_compiling():
+        return op(*args)
+    if _forward_ad._current_level >= 0 or _functorch_active():
+        return functions.transforms.apply(*args)
+    if _is_grad_enabled():
+        for t in tensors:
+            if t.requires_grad:
+                return functions.eager.apply(*args)
+    with _below_autograd():
+        return op(*args)
+
+
+def op_functions(name, op, tensor_inputs, setup_context, backward, jvp=None) -> OpFunctions:
+    """The autograd.Functions of a registered op whose arguments are `tensor_inputs` tensors and the mode:
+    `Function.apply(*tensors, approximate)` (the mode positional, or left out for "none"). Both run the kernel below
+    the autograd key and use the formulas registered with torch.library for the op (setup_context, backward); the one
+    for transforms adds jvp, the forward-mode derivative, jvp(ctx, *tangents) with the op's tensors in
+    ctx.saved_tensors (without one, forward-mode AD through the op raises PyTorch's error instead of dropping the
+    tangent). Why two: PyTorch calls a Function with setup_context through inspect.signature on every call (~20 us),
+    and Dynamo cannot trace one with a jvp; the legacy form has neither cost nor limit, but torch.func rejects it. A
+    bad mode is a ValueError, as in the functional API."""
+
+    def with_mode(args):
+        return args if len(args) > tensor_inputs else (*args, "none")
+
+    def run(args):
+        mode = args[-1]
+        if mode.__class__ is not str or mode not in _MODES:
+            check_approximate(mode)
+        if _is_compiling():
+            return op(*args)
+        with _below_autograd():
+            return op(*args)
+
+    def backward_of_inputs(ctx, *grads):
+        result = backward(ctx, *grads)
+        return result if ctx.mode_given else result[:tensor_inputs]
+
+    def eager_forward(ctx, *args):
+        full = with_mode(args)
+        output = run(full)
+        ctx.mode_given = len(args) > tensor_inputs
+        setup_context(ctx, full, output)
+        return output
+
+    def forward(*args):
+        return run(with_mode(args))
+
+    def setup(ctx, inputs, output):
+        ctx.mode_given = len(inputs) > tensor_inputs
+        setup_context(ctx, with_mode(inputs), output)
+        if jvp is not None:
+            ctx.save_for_forward(*inputs[:tensor_inputs])
+
+    common = {"__module__": __name__, "backward": staticmethod(backward_of_inputs)}
+    eager = type(name, (torch.autograd.Function,), {**common, "forward": staticmethod(eager_forward)})
+    transforms = {**common, "forward": staticmethod(forward), "setup_context": staticmethod(setup)}
+    transforms["generate_vmap_rule"] = True  # torch.func.vmap (jacrev, jacfwd, hessian) batch the forward as it is
+    if jvp is not None:
+        transforms["jvp"] = staticmethod(jvp)
+    functions = OpFunctions(eager, type(name + "ForTransforms", (torch.autograd.Function,), transforms))
+    _FUNCTIONS_OF_OP[op] = functions
+    return functions
+
+
+_FUNCTIONS_OF_OP: dict = {}
 
 
 def _gelu_setup_context(ctx, inputs, output):
@@ -87,14 +176,10 @@ def _gelu_setup_context(ctx, inputs, output):
 
 
 def call_backward_op(op, *args):
-    """A first-order backward's kernel call: the op itself when grad mode is on (create_graph=True: its registered
-    autograd records the double backward) or under torch.compile (Dynamo cannot trace the guard below); otherwise
-    straight to the kernel below the autograd key, because the op's Python autograd kernel would only find nothing to
-    record (~3 us per call on 2^12 elements)."""
-    if _is_grad_enabled() or _is_compiling():
-        return op(*args)
-    with _below_autograd():
-        return op(*args)
+    """A backward formula's kernel call, dispatched like the functional API (apply_op): with create_graph=True, under
+    forward-mode AD (forward-over-reverse) and under torch.func.grad, the op's Function records the next derivative;
+    in a plain first-order backward it is the kernel alone (~3 us less per call on 2^12 elements)."""
+    return apply_op(_FUNCTIONS_OF_OP[op], op, [a for a in args if isinstance(a, torch.Tensor)], *args)
 
 
 def _gelu_grad(ctx, grad):
@@ -111,7 +196,7 @@ def _gelu_backward_grad(ctx, grad_grad_x):
     grad, x = ctx.saved_tensors
     wrt_grad = wrt_x = None
     if ctx.needs_input_grad[0]:
-        wrt_grad = _gelu_backward(grad_grad_x, x, ctx.approximate)
+        wrt_grad = call_backward_op(_gelu_backward, grad_grad_x, x, ctx.approximate)
     if ctx.needs_input_grad[1]:
         wrt_x = grad_grad_x * grad * gelu_second_derivative(x, ctx.approximate)
     return wrt_grad, wrt_x, None
@@ -123,28 +208,30 @@ torch.library.register_autograd(
 )
 
 
-class GELUFunction(torch.autograd.Function):
-    """`GELUFunction.apply(x, approximate="none")`: the gelu op as a classic torch.autograd.Function.
+def _gelu_jvp(ctx, x_tangent, *_):
+    (x,) = ctx.saved_tensors
+    return gelu_backward(x_tangent, x, ctx.approximate)
 
-    gelu_ext.gelu records its autograd node through this class in eager mode: the same kernels and backward as the
-    op's registered autograd, without the Python dispatcher layer torch.library puts around it (its kernel entry,
-    fill_defaults and redispatch), which on 2^12 elements is a quarter of a training step's per-call cost. Under
-    torch.compile and for torch.ops.gelu_ext.gelu itself, the registered autograd above is what runs.
-    """
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-        if approximate.__class__ is not str or approximate not in _MODES:
-            check_approximate(approximate)
-        ctx.save_for_backward(x)
-        ctx.approximate = approximate
-        if _is_compiling():  # Dynamo traces the op (and its registered autograd), not the guard below
-            return _gelu(x, approximate)
-        # Grad mode is off in forward, so the op's autograd kernel would only redispatch: skip it.
-        with _below_autograd():
-            return _gelu(x, approximate)
+def _gelu_backward_jvp(ctx, grad_tangent, x_tangent, *_):
+    # d/dt [grad gelu'(x)] = grad' gelu'(x) + grad gelu''(x) x'
+    grad, x = ctx.saved_tensors
+    result = None
+    if grad_tangent is not None:
+        result = gelu_backward(grad_tangent, x, ctx.approximate)
+    if x_tangent is not None:
+        second = grad * x_tangent * gelu_second_derivative(x, ctx.approximate)
+        result = second if result is None else result + second
+    return result
 
-    backward = staticmethod(_gelu_grad)
+
+# What gelu_ext.gelu and gelu_ext.gelu_backward record. gelu_ext.GELUFunction, `GELUFunction.apply(x, approximate)`,
+# is the eager one: torch.compile(fullgraph=True) traces it; for forward-mode AD and torch.func use gelu_ext.gelu.
+GELU_FUNCTIONS = op_functions("GELUFunction", _gelu, 1, _gelu_setup_context, _gelu_grad, _gelu_jvp)
+GELU_BACKWARD_FUNCTIONS = op_functions(
+    "GELUBackwardFunction", _gelu_backward, 2, _gelu_backward_setup_context, _gelu_backward_grad, _gelu_backward_jvp
+)
+GELUFunction = GELU_FUNCTIONS.eager
 
 
 # ---- fake kernels --------------------------------------------------------------------------------------------------

@@ -230,3 +230,36 @@ def assert_compiled_matches_eager(model: torch.nn.Module, x: torch.Tensor) -> No
     model(x).square().sum().backward()
     for g, p in zip(grads, model.parameters(), strict=True):
         torch.testing.assert_close(g, p.grad)
+
+
+def assert_transforms_match(ours, reference, inputs: tuple) -> None:
+    """`ours` (a gelu_ext function of the float64 tensors `inputs`) agrees with `reference` (the same function in
+    torch ops) under forward-mode AD and every torch.func transform: jvp, grad, jacrev, jacfwd, hessian (forward over
+    reverse) and vmap; and gradcheck passes with forward-mode AD and forward-over-reverse checks."""
+    argnums = tuple(range(len(inputs)))
+    tangents = tuple(torch.randn_like(t) for t in inputs)
+    leaves = torch.utils._pytree.tree_leaves
+
+    def close(actual, expected, what):
+        for a, e in zip(leaves(actual), leaves(expected), strict=True):
+            torch.testing.assert_close(a, e, atol=1e-12, rtol=1e-10, msg=lambda m: f"{what}: {m}")
+
+    def loss(fn):
+        return lambda *t: fn(*t).sin().sum()
+
+    forward_ad = torch.autograd.forward_ad
+    with forward_ad.dual_level():
+        duals = [forward_ad.make_dual(t, d) for t, d in zip(inputs, tangents, strict=True)]
+        tangent = forward_ad.unpack_dual(ours(*duals)).tangent
+    assert tangent is not None, "forward-mode AD dropped the tangent"
+    close(tangent, torch.func.jvp(reference, inputs, tangents)[1], "forward-mode AD")
+    close(torch.func.jvp(ours, inputs, tangents), torch.func.jvp(reference, inputs, tangents), "torch.func.jvp")
+    for name in ("grad", "hessian", "jacrev", "jacfwd"):
+        transform = getattr(torch.func, name)
+        f, g = (loss(ours), loss(reference)) if name in ("grad", "hessian") else (ours, reference)
+        close(transform(f, argnums=argnums)(*inputs), transform(g, argnums=argnums)(*inputs), f"torch.func.{name}")
+    batched = tuple(torch.stack([t, 2 * t]) for t in inputs)
+    close(torch.func.vmap(ours)(*batched), torch.func.vmap(reference)(*batched), "torch.func.vmap")
+    differentiable = tuple(t.detach().requires_grad_() for t in inputs)
+    assert torch.autograd.gradcheck(ours, differentiable, check_forward_ad=True)
+    assert torch.autograd.gradgradcheck(ours, differentiable, check_fwd_over_rev=True)

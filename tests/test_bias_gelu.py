@@ -17,6 +17,7 @@ from gelu_ext.testing import (
     DTYPES,
     F_GELU_TOLERANCES,
     assert_bitwise_equal,
+    assert_transforms_match,
     assert_within,
     available_cpu_capabilities,
     bias_gelu_sum,
@@ -230,3 +231,17 @@ def test_errors_name_the_problem():
     if "cuda" in devices():
         with pytest.raises(RuntimeError, match="bias is on cuda:0 but x is on cpu"):
             gelu_ext.bias_gelu(x, bias.cuda())
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_forward_mode_ad_and_torch_func(device, approximate):
+    # forward-mode AD and torch.func transforms of bias_gelu (and, through hessian and forward-over-reverse, of its
+    # backward), against F.gelu(x + bias)'s.
+    x = torch.randn(3, 4, dtype=torch.float64, device=device) * 2
+    bias = torch.randn(4, dtype=torch.float64, device=device)
+    assert_transforms_match(
+        lambda t, b: gelu_ext.bias_gelu(t, b, approximate),
+        lambda t, b: F.gelu(t + b, approximate=approximate),
+        (x, bias),
+    )

@@ -16,6 +16,7 @@ from gelu_ext.testing import (
     F_GELU_TOLERANCES,
     GEGLU_MEASURED_MAX_ULP,
     assert_bitwise_equal,
+    assert_transforms_match,
     assert_within,
     available_cpu_capabilities,
     compute_dtype,
@@ -224,3 +225,15 @@ def test_errors_name_the_problem():
     if "cuda" in devices():
         with pytest.raises(RuntimeError, match="up is on cuda:0 but gate is on cpu"):
             gelu_ext.geglu(gate, up.cuda())
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_forward_mode_ad_and_torch_func(device, approximate):
+    # forward-mode AD and torch.func transforms of geglu (and, through hessian and forward-over-reverse, of its
+    # backward), against F.gelu(gate) * up's.
+    gate = torch.randn(3, 4, dtype=torch.float64, device=device) * 2
+    up = torch.randn(3, 4, dtype=torch.float64, device=device)
+    assert_transforms_match(
+        lambda g, u: gelu_ext.geglu(g, u, approximate), lambda g, u: F.gelu(g, approximate=approximate) * u, (gate, up)
+    )

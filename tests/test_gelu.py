@@ -19,6 +19,7 @@ from gelu_ext.testing import (
     F_GELU_TOLERANCES,
     assert_bitwise_equal,
     assert_compiled_matches_eager,
+    assert_transforms_match,
     assert_within,
     available_cpu_capabilities,
     cpu_capability,
@@ -161,6 +162,36 @@ def test_gradcheck_and_gradgradcheck(device, approximate):
         assert torch.autograd.gradgradcheck(fn, (x,))
     assert torch.autograd.gradcheck(lambda g, t: gelu_ext.gelu_backward(g, t, approximate), (grad, x))
     assert torch.autograd.gradgradcheck(lambda g, t: gelu_ext.gelu_backward(g, t, approximate), (grad, x))
+
+
+@pytest.mark.parametrize("device", devices())
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_forward_mode_ad_and_torch_func(device, approximate):
+    # gelu_ext.gelu and gelu_backward under forward-mode AD, torch.func.{jvp, grad, jacrev, jacfwd, hessian, vmap},
+    # against the same transforms of F.gelu and aten.gelu_backward.
+    x = torch.randn(3, 5, dtype=torch.float64, device=device) * 3
+    grad = torch.randn(3, 5, dtype=torch.float64, device=device)
+    assert_transforms_match(lambda t: gelu_ext.gelu(t, approximate), lambda t: F.gelu(t, approximate=approximate), (x,))
+    assert_transforms_match(
+        lambda g, t: gelu_ext.gelu_backward(g, t, approximate),
+        lambda g, t: torch.ops.aten.gelu_backward(g, t, approximate=approximate),
+        (grad, x),
+    )
+
+
+def test_forward_mode_ad_through_the_public_function_class_is_an_error_not_a_zero():
+    # GELUFunction is the compile-friendly class without a jvp: PyTorch says so instead of dropping the tangent.
+    x = torch.randn(4, dtype=torch.float64)
+    with torch.autograd.forward_ad.dual_level(), pytest.raises(NotImplementedError, match="jvp"):
+        gelu_ext.GELUFunction.apply(torch.autograd.forward_ad.make_dual(x, torch.ones_like(x)), "none")
+
+
+def test_function_class_defaults_to_the_exact_mode():
+    x = torch.randn(9, dtype=torch.float64, requires_grad=True)
+    y = gelu_ext.GELUFunction.apply(x)
+    assert_bitwise_equal(y, gelu_ext.gelu(x.detach()))
+    (g,) = torch.autograd.grad(y.sum(), x)
+    assert_bitwise_equal(g, gelu_ext.gelu_backward(torch.ones_like(x), x.detach()))
 
 
 @pytest.mark.parametrize("device", devices())
