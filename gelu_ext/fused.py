@@ -122,18 +122,13 @@ def _bias_gelu_backward_grad(ctx, grad_grad_x, grad_grad_bias):
     return wrt_grad, wrt_x, wrt_bias, None
 
 
-def _bias_gelu_backward_kernel(grad, x, bias, approximate):
-    """(grad * gelu'(x + bias), its sum over rows), through the op's autograd.Function where that records anything."""
-    return apply_op(BIAS_GELU_BACKWARD_FUNCTIONS, _bias_gelu_backward, (grad, x, bias), grad, x, bias, approximate)
-
-
 def _bias_gelu_jvp(ctx, x_tangent, bias_tangent, *_):
     # d/dt gelu(x + bias) = gelu'(x + bias) (x' + bias'): the backward kernel with the tangent as its grad
     x, bias = ctx.saved_tensors
     tangent = x_tangent if x_tangent is not None else torch.zeros_like(x)
     if bias_tangent is not None:
         tangent = tangent + bias_tangent
-    return _bias_gelu_backward_kernel(tangent, x, bias, ctx.approximate)[0]
+    return call_backward_op(_bias_gelu_backward, tangent, x, bias, ctx.approximate)[0]
 
 
 def _bias_gelu_backward_jvp(ctx, grad_tangent, x_tangent, bias_tangent, *_):
@@ -142,7 +137,7 @@ def _bias_gelu_backward_jvp(ctx, grad_tangent, x_tangent, bias_tangent, *_):
     compute = compute_dtype(x.dtype)
     grad_x_t = grad_bias_t = None
     if grad_tangent is not None:
-        grad_x_t, grad_bias_t = _bias_gelu_backward_kernel(grad_tangent, x, bias, ctx.approximate)
+        grad_x_t, grad_bias_t = call_backward_op(_bias_gelu_backward, grad_tangent, x, bias, ctx.approximate)
     if x_tangent is not None or bias_tangent is not None:
         h = x.to(compute) + bias.to(compute)  # the kernels' sum, rounded the same way
         h_t = torch.zeros_like(h)
@@ -215,8 +210,7 @@ def _geglu_jvp(ctx, gate_tangent, up_tangent, *_):
     gate, up = ctx.saved_tensors
     result = None
     if gate_tangent is not None:
-        result = apply_op(GEGLU_BACKWARD_FUNCTIONS, _geglu_backward, (gate_tangent, gate, up), gate_tangent, gate, up,
-                          ctx.approximate)[0]  # fmt: skip
+        result = call_backward_op(_geglu_backward, gate_tangent, gate, up, ctx.approximate)[0]
     if up_tangent is not None:
         wrt_up = geglu(gate, up_tangent, ctx.approximate)
         result = wrt_up if result is None else result + wrt_up

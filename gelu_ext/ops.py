@@ -176,9 +176,9 @@ def _gelu_setup_context(ctx, inputs, output):
 
 
 def call_backward_op(op, *args):
-    """A backward formula's kernel call, dispatched like the functional API (apply_op): with create_graph=True, under
-    forward-mode AD (forward-over-reverse) and under torch.func.grad, the op's Function records the next derivative;
-    in a plain first-order backward it is the kernel alone (~3 us less per call on 2^12 elements)."""
+    """A derivative formula's kernel call (backward or jvp), dispatched like the functional API (apply_op): with
+    create_graph=True, under forward-mode AD (forward-over-reverse) and under torch.func, the op's Function records the
+    next derivative; in a plain first-order backward it is the kernel alone (~3 us less per call on 2^12 elements)."""
     return apply_op(_FUNCTIONS_OF_OP[op], op, [a for a in args if isinstance(a, torch.Tensor)], *args)
 
 
