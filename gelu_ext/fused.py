@@ -103,6 +103,15 @@ def _bias_gelu_backward_setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad, x, bias)
 
 
+def _bias_gelu_second_order(grad, direction, x, bias, approximate):
+    """grad * direction * gelu''(h) in the compute dtype, h = x + bias rounded as the kernels round it: the term of
+    grad * gelu'(h) that moves with h, for the double backward (direction: the upstream cotangent) and the jvp of the
+    backward (direction: h's tangent). `direction` is already in the compute dtype."""
+    compute = compute_dtype(x.dtype)
+    h = x.to(compute) + bias.to(compute)
+    return grad.to(compute) * direction * gelu_second_derivative(h, approximate)
+
+
 def _bias_gelu_backward_grad(ctx, grad_grad_x, grad_grad_bias):
     # grad_x = grad * gelu'(h) with h = x + bias, grad_bias = grad_x summed over rows: both outputs pull back through
     # grad_x, so the cotangent of grad_x is grad_grad_x + grad_grad_bias (broadcast along the rows).
@@ -112,9 +121,8 @@ def _bias_gelu_backward_grad(ctx, grad_grad_x, grad_grad_bias):
     if ctx.needs_input_grad[0]:
         wrt_grad = call_backward_op(_bias_gelu_backward, upstream, x, bias, ctx.approximate)[0]
     if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
-        compute = compute_dtype(x.dtype)
-        h = x.to(compute) + bias.to(compute)  # the kernels' sum, rounded the same way
-        wrt_h = upstream.to(compute) * grad.to(compute) * gelu_second_derivative(h, ctx.approximate)
+        upstream = upstream.to(compute_dtype(x.dtype))
+        wrt_h = _bias_gelu_second_order(grad, upstream, x, bias, ctx.approximate)
         if ctx.needs_input_grad[1]:
             wrt_x = wrt_h.to(x.dtype)
         if ctx.needs_input_grad[2]:
@@ -139,13 +147,12 @@ def _bias_gelu_backward_jvp(ctx, grad_tangent, x_tangent, bias_tangent, *_):
     if grad_tangent is not None:
         grad_x_t, grad_bias_t = call_backward_op(_bias_gelu_backward, grad_tangent, x, bias, ctx.approximate)
     if x_tangent is not None or bias_tangent is not None:
-        h = x.to(compute) + bias.to(compute)  # the kernels' sum, rounded the same way
-        h_t = torch.zeros_like(h)
+        h_t = torch.zeros_like(x, dtype=compute)
         if x_tangent is not None:
             h_t = h_t + x_tangent.to(compute)
         if bias_tangent is not None:
             h_t = h_t + bias_tangent.to(compute)
-        second = grad.to(compute) * h_t * gelu_second_derivative(h, ctx.approximate)
+        second = _bias_gelu_second_order(grad, h_t, x, bias, ctx.approximate)
         second_x, second_bias = second.to(x.dtype), _sum_rows(second).to(bias.dtype)
         grad_x_t = second_x if grad_x_t is None else grad_x_t + second_x
         grad_bias_t = second_bias if grad_bias_t is None else grad_bias_t + second_bias
@@ -189,6 +196,13 @@ def _geglu_backward_setup_context(ctx, inputs, output):
     ctx.save_for_backward(grad, gate, up)
 
 
+def _geglu_second_order(factor, gate, approximate):
+    """factor * gelu''(gate), in the compute dtype and rounded back to gate's: the term of grad * up * gelu'(gate) that
+    moves with gate, for the double backward and the jvp of the backward."""
+    compute = compute_dtype(gate.dtype)
+    return (factor.to(compute) * gelu_second_derivative(gate.to(compute), approximate)).to(gate.dtype)
+
+
 def _geglu_backward_grad(ctx, grad_grad_gate, grad_grad_up):
     # grad_gate = grad * up * gelu'(gate), grad_up = grad * gelu(gate).
     grad, gate, up = ctx.saved_tensors
@@ -197,9 +211,8 @@ def _geglu_backward_grad(ctx, grad_grad_gate, grad_grad_up):
     if ctx.needs_input_grad[0]:
         wrt_grad = gelu_backward(grad_grad_gate * up, gate, mode) + grad_grad_up * gelu(gate, mode)
     if ctx.needs_input_grad[1]:
-        compute = compute_dtype(gate.dtype)
-        second = (grad_grad_gate * grad * up).to(compute) * gelu_second_derivative(gate.to(compute), mode)
-        wrt_gate = second.to(gate.dtype) + gelu_backward(grad_grad_up * grad, gate, mode)
+        wrt_gate = _geglu_second_order(grad_grad_gate * grad * up, gate, mode)
+        wrt_gate = wrt_gate + gelu_backward(grad_grad_up * grad, gate, mode)
     if ctx.needs_input_grad[2]:
         wrt_up = gelu_backward(grad_grad_gate * grad, gate, mode)
     return wrt_grad, wrt_gate, wrt_up, None
@@ -231,9 +244,8 @@ def _geglu_backward_jvp(ctx, grad_tangent, gate_tangent, up_tangent, *_):
     if scaled_grad is not None:
         grad_gate_t = gelu_backward(scaled_grad, gate, mode)
     if gate_tangent is not None:
-        compute = compute_dtype(gate.dtype)
-        second = (grad * up * gate_tangent).to(compute) * gelu_second_derivative(gate.to(compute), mode)
-        grad_gate_t = second.to(gate.dtype) if grad_gate_t is None else grad_gate_t + second.to(gate.dtype)
+        second = _geglu_second_order(grad * up * gate_tangent, gate, mode)
+        grad_gate_t = second if grad_gate_t is None else grad_gate_t + second
         wrt_gate = gelu_backward(grad * gate_tangent, gate, mode)
         grad_up_t = wrt_gate if grad_up_t is None else grad_up_t + wrt_gate
     return grad_gate_t, grad_up_t
