@@ -7,6 +7,9 @@ Both use only torch/csrc/stable and torch/headeronly, built with TORCH_TARGET_VE
 built here with any newer torch loads on every torch from MIN_TORCH on, on every CPython from 3.10 on
 (cp310-abi3), so `pip install .` works with build isolation too.
 
+On glibc, every C++ translation unit starts with csrc/manylinux_compat.h, so that the libraries need nothing newer
+than glibc 2.28 whatever glibc builds them: the wheel is manylinux_2_28, the platform of torch's own wheels.
+
 CUDA kernels are built when a CUDA toolkit is found (CUDA_HOME / nvcc) *and* torch is a CUDA build. Whether a
 GPU is visible does not matter: build machines often have none.
 
@@ -20,6 +23,7 @@ Environment switches:
 
 import glob
 import os
+import platform
 import shutil
 import sys
 from pathlib import Path
@@ -79,6 +83,22 @@ def _cuda_decision() -> tuple[bool, str]:
     return False, reason
 
 
+def _is_glibc() -> bool:
+    return sys.platform.startswith("linux") and platform.libc_ver()[0] == "glibc"
+
+
+def _manylinux_compile_args() -> list[str]:
+    """Bind to the symbol versions glibc 2.28 has (csrc/manylinux_compat.h says which and why), whatever glibc the
+    build machine has: the wheel is manylinux_2_28, like torch's own, and so is a build from a checkout."""
+    return ["-include", str(ROOT / "csrc" / "manylinux_compat.h")] if _is_glibc() else []
+
+
+def _manylinux_link_args() -> list[str]:
+    # dlsym@GLIBC_2.2.5 lives in libdl.so.2 before glibc 2.34 (in libc after): depend on it explicitly, as torch's
+    # libraries do, whether or not the linker was told --as-needed.
+    return ["-Wl,--push-state,--no-as-needed,-l:libdl.so.2,--pop-state"] if _is_glibc() else []
+
+
 def _extensions():
     with_cuda, reason = _cuda_decision()
     debug = _flag("GELU_EXT_DEBUG")
@@ -96,12 +116,15 @@ def _extensions():
         "-Wall",
         "-Wno-unknown-pragmas",
     ]
+    cxx += _manylinux_compile_args()
+    link = _manylinux_link_args()
     print(f"gelu_ext: building {'CUDA' if with_cuda else 'CPU-only'} extension ({reason})", flush=True)
     extensions = [
         cpp_extension.CppExtension(
             "gelu_ext._C",
             ["csrc/gelu_ops.cpp", "csrc/python_module.cpp", *sorted(glob.glob("csrc/cpu/*.cpp", root_dir=ROOT))],
             extra_compile_args={"cxx": cxx},
+            extra_link_args=link,
             py_limited_api=True,
         )
     ]
@@ -115,7 +138,11 @@ def _extensions():
         cpp_extension.CUDAExtension(
             "gelu_ext._cuda",
             sorted(glob.glob("csrc/cuda/*.cpp", root_dir=ROOT) + glob.glob("csrc/cuda/*.cu", root_dir=ROOT)),
-            extra_compile_args={"cxx": [*cxx, "-DUSE_CUDA"], "nvcc": [*opt, "--fmad=false", "-lineinfo"]},
+            extra_compile_args={
+                "cxx": [*cxx, "-DUSE_CUDA"],
+                "nvcc": [*opt, "--fmad=false", "-lineinfo", *_manylinux_compile_args()],
+            },
+            extra_link_args=link,
             py_limited_api=True,
         )
     )

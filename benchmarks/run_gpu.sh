@@ -55,6 +55,8 @@ fi
 
 echo "== benchmarks"
 python3 benchmarks/kernel_ops.py --arch "sm_${arch/./}" 2>&1 | tee "$out/kernel-ops.txt" | tail -20
+# the roofline model's predictions for this architecture, to hold against the measured bandwidth below
+python3 benchmarks/kernel_ops.py --roofline --archs "sm_${arch/./}" --csv "$out/roofline.csv" 2>&1 | tail -40
 python3 benchmarks/bench_gelu.py --device cuda --sizes 28 --dtypes float32 bfloat16 float16 --approximate none tanh \
   --csv "$out/cuda-2p28.csv" 2>&1 | tee "$out/bench-2p28.txt" | tail -80
 python3 benchmarks/bench_gelu.py --device cuda --sizes 12 --dtypes float32 --modes fwdbwd --approximate none \

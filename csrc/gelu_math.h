@@ -268,7 +268,10 @@ GELU_HOST_DEVICE float gelu_erf_small_times(float x, float m) {
   const float x2 = x * x;
   const float t = fma_f(fma_f(kPhiC5, x2, kPhiC3), x2, kInvSqrt2PiF);
   const float xm = x * m;
-  return fma_f(xm, x * t, 0.5f * xm);
+  // fma(x, t, +0) is x * t rounded once, the same bits, except for a zero gate: -0 * t + 0 = +0. The product term
+  // then has x m's sign at zero, and so has the sum: gelu(-0) m = -0 m, as for a nonzero gate (x * t kept -0, and
+  // (-0)(-0) + (-0) = +0 lost the sign). Same operation count (an FMA for the multiply).
+  return fma_f(xm, fma_f(x, t, 0.0f), 0.5f * xm);
 }
 
 // gelu(x) * m, rounded once where gelu(x) is tiny (product_from_negative_side).

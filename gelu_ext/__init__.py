@@ -14,11 +14,12 @@ bias_gelu_backward, geglu, geglu_backward}.
 """
 
 from . import _extension  # loads the compiled ops first, with a clear error if the build does not match torch
+from . import dtensor_sharding as dtensor_sharding  # DTensor sharding strategies, registered when DTensor loads
+from ._version import __version__
 from .fused import bias_gelu, geglu  # importing fused and ops also registers the fake kernels and autograd
 from .modules import GEGLU, GELU, LinearGELU
 from .ops import GELUFunction, gelu, gelu_backward
-
-__version__ = "0.2.0"
+from .patching import patch_model
 
 build_info = _extension.build_info
 
@@ -33,4 +34,5 @@ __all__ = [
     "geglu",
     "gelu",
     "gelu_backward",
+    "patch_model",
 ]

@@ -19,13 +19,22 @@ import torch
 
 from .ops import (
     _MODES,
+    _is_tracing,
+    _Tensor,
     apply_op,
     call_backward_op,
     check_approximate,
+    check_same_device,
     gelu,
     gelu_backward,
     gelu_second_derivative,
+    handle_torch_function,
+    onnx_gelu,
     op_functions,
+    overridden,
+    register_elementwise_vmap,
+    register_onnx_symbolic,
+    register_script_builtins,
 )
 
 _bias_gelu = torch.ops.gelu_ext.bias_gelu.default
@@ -50,14 +59,22 @@ def _check_same_shape(a: torch.Tensor, a_name: str, b: torch.Tensor, b_name: str
 
 
 def bias_gelu(x: torch.Tensor, bias: torch.Tensor, approximate: str = "none") -> torch.Tensor:
-    """gelu(x + bias) in one pass, bias of shape [x.shape[-1]] (the epilogue of a linear layer).
+    """gelu(x + bias) in one pass, bias of shape [x.shape[-1]] (the epilogue of a linear layer). Under autocast a
+    bias of another dtype is cast to x's, as autocast casts nn.Linear's; otherwise the dtypes must match.
 
     The sum is rounded once to float32 (float64 for float64 inputs) and never to a half type; the result is
     contiguous. Backward returns grad_x and grad_bias (grad_x summed over all leading dimensions, in the same pass).
     """
+    if (x.__class__ is not _Tensor or bias.__class__ is not _Tensor) and overridden(
+        "bias_gelu", ("x", "bias"), x, bias
+    ):
+        return handle_torch_function(bias_gelu, (x, bias), x, bias, approximate)
     if approximate.__class__ is not str or approximate not in _MODES:
         check_approximate(approximate)
-    _check_bias(x, bias, "bias_gelu")
+    if bias.dtype is not x.dtype and torch.is_autocast_enabled(x.device.type):
+        bias = bias.to(x.dtype)  # autocast ran the matmul in a lower precision: the bias follows, as in nn.Linear
+    if not _is_tracing():  # shape checks: see ops.gelu_backward
+        _check_bias(x, bias, "bias_gelu")
     return apply_op(BIAS_GELU_FUNCTIONS, _bias_gelu, (x, bias), x, bias, approximate)
 
 
@@ -66,11 +83,14 @@ def geglu(gate: torch.Tensor, up: torch.Tensor, approximate: str = "none") -> to
 
     gate and up may be the two halves of one tensor's `chunk(2, dim=-1)`: they are read in place, no copy.
     """
+    if (gate.__class__ is not _Tensor or up.__class__ is not _Tensor) and overridden("geglu", ("gate", "up"), gate, up):
+        return handle_torch_function(geglu, (gate, up), gate, up, approximate)
     if approximate.__class__ is not str or approximate not in _MODES:
         check_approximate(approximate)
-    if gate.dim() == 0:
-        raise ValueError("gelu_ext.geglu: gate and up must have at least one dimension")
-    _check_same_shape(up, "up", gate, "gate", "geglu")
+    if not _is_tracing():  # shape checks: see ops.gelu_backward
+        if gate.dim() == 0:
+            raise ValueError("gelu_ext.geglu: gate and up must have at least one dimension")
+        _check_same_shape(up, "up", gate, "gate", "geglu")
     return apply_op(GEGLU_FUNCTIONS, _geglu, (gate, up), gate, up, approximate)
 
 
@@ -163,9 +183,20 @@ torch.library.register_autograd("gelu_ext::bias_gelu", _bias_gelu_grad, setup_co
 torch.library.register_autograd(
     "gelu_ext::bias_gelu_backward", _bias_gelu_backward_grad, setup_context=_bias_gelu_backward_setup_context
 )
+
+
+def _bias_gelu_composite(x, bias, approximate):
+    return torch.nn.functional.gelu(x + bias, approximate=approximate)
+
+
+def _bias_gelu_backward_composite(grad, x, bias, approximate):
+    grad_x = gelu_backward(grad, x + bias, approximate)  # the aten composite too, under an ONNX export
+    return grad_x, _sum_rows(grad_x)
+
+
 # What gelu_ext.bias_gelu records (ops.op_functions: forward-mode AD and torch.func too).
 BIAS_GELU_FUNCTIONS = op_functions(
-    "BiasGeluFunction", _bias_gelu, 2, _bias_gelu_setup_context, _bias_gelu_grad, _bias_gelu_jvp
+    "BiasGeluFunction", _bias_gelu, 2, _bias_gelu_setup_context, _bias_gelu_grad, _bias_gelu_jvp, _bias_gelu_composite
 )
 BIAS_GELU_BACKWARD_FUNCTIONS = op_functions(
     "BiasGeluBackwardFunction",
@@ -174,6 +205,7 @@ BIAS_GELU_BACKWARD_FUNCTIONS = op_functions(
     _bias_gelu_backward_setup_context,
     _bias_gelu_backward_grad,
     _bias_gelu_backward_jvp,
+    _bias_gelu_backward_composite,
 )
 
 
@@ -255,11 +287,23 @@ torch.library.register_autograd("gelu_ext::geglu", _geglu_grad, setup_context=_g
 torch.library.register_autograd(
     "gelu_ext::geglu_backward", _geglu_backward_grad, setup_context=_geglu_backward_setup_context
 )
+
+
+def _geglu_composite(gate, up, approximate):
+    return torch.nn.functional.gelu(gate, approximate=approximate) * up
+
+
+def _geglu_backward_composite(grad, gate, up, approximate):
+    return gelu_backward(grad * up, gate, approximate), grad * torch.nn.functional.gelu(gate, approximate=approximate)
+
+
 # What gelu_ext.geglu records (ops.op_functions: forward-mode AD and torch.func too).
-GEGLU_FUNCTIONS = op_functions("GEGLUFunction", _geglu, 2, _geglu_setup_context, _geglu_grad, _geglu_jvp)
+GEGLU_FUNCTIONS = op_functions(
+    "GEGLUFunction", _geglu, 2, _geglu_setup_context, _geglu_grad, _geglu_jvp, _geglu_composite
+)  # fmt: skip
 GEGLU_BACKWARD_FUNCTIONS = op_functions(
     "GEGLUBackwardFunction", _geglu_backward, 3, _geglu_backward_setup_context, _geglu_backward_grad,
-    _geglu_backward_jvp,
+    _geglu_backward_jvp, _geglu_backward_composite,
 )  # fmt: skip
 
 
@@ -270,6 +314,7 @@ GEGLU_BACKWARD_FUNCTIONS = op_functions(
 def _bias_gelu_fake(x, bias, approximate="none"):
     check_approximate(approximate)
     _check_bias(x, bias, "bias_gelu")
+    check_same_device("bias_gelu", x, "x", bias, "bias")
     return x.new_empty(x.shape)
 
 
@@ -278,6 +323,7 @@ def _bias_gelu_backward_fake(grad_output, x, bias, approximate="none"):
     check_approximate(approximate)
     _check_bias(x, bias, "bias_gelu_backward")
     _check_same_shape(grad_output, "grad_output", x, "x", "bias_gelu_backward")
+    check_same_device("bias_gelu_backward", x, "x", bias, "bias", grad_output, "grad_output")
     return x.new_empty(x.shape), bias.new_empty(bias.shape)
 
 
@@ -285,6 +331,7 @@ def _bias_gelu_backward_fake(grad_output, x, bias, approximate="none"):
 def _geglu_fake(gate, up, approximate="none"):
     check_approximate(approximate)
     _check_same_shape(up, "up", gate, "gate", "geglu")
+    check_same_device("geglu", gate, "gate", up, "up")
     return gate.new_empty(gate.shape)
 
 
@@ -293,4 +340,44 @@ def _geglu_backward_fake(grad_output, gate, up, approximate="none"):
     check_approximate(approximate)
     _check_same_shape(up, "up", gate, "gate", "geglu_backward")
     _check_same_shape(grad_output, "grad_output", gate, "gate", "geglu_backward")
+    check_same_device("geglu_backward", gate, "gate", up, "up", grad_output, "grad_output")
     return gate.new_empty(gate.shape), up.new_empty(up.shape)
+
+
+# ---- torch.func.vmap: batching rules (ops.register_elementwise_vmap for the elementwise ones) -----------------------
+
+register_elementwise_vmap("geglu", 2)
+register_elementwise_vmap("geglu_backward", 3)
+
+
+def _batch_in_columns(t, dim, batch_size):
+    """[..., C] with its batch at `dim` (None: unbatched, expanded) as [..., B * C]: the batch entries side by side
+    in the last dimension, so that a bias per entry is one bias row of B * C columns (a copy where needed)."""
+    t = t.movedim(dim, -2) if dim is not None else t.unsqueeze(-2).expand(*t.shape[:-1], batch_size, t.shape[-1])
+    return t.reshape(*t.shape[:-2], -1)
+
+
+def _bias_gelu_vmap(info, in_dims, x, bias, approximate="none"):
+    x_dim, bias_dim = in_dims[:2]  # in_dims has the mode's (None) where the mode was passed
+    if bias_dim is None:  # one bias for every entry: the batch is more rows
+        return _bias_gelu(x.movedim(x_dim, 0), bias, approximate), 0
+    out = _bias_gelu(_batch_in_columns(x, x_dim, info.batch_size), _batch_in_columns(bias, bias_dim,
+                     info.batch_size), approximate)  # fmt: skip
+    return out.unflatten(-1, (info.batch_size, -1)), out.dim() - 1
+
+
+def _bias_gelu_backward_vmap(info, in_dims, grad, x, bias, approximate="none"):
+    # grad_bias sums each entry's own rows: the entries side by side in the columns keep the sums apart
+    grad_dim, x_dim, bias_dim = in_dims[:3]
+    b = info.batch_size
+    grad_x, grad_bias = _bias_gelu_backward(_batch_in_columns(grad, grad_dim, b), _batch_in_columns(x, x_dim, b),
+                                            _batch_in_columns(bias, bias_dim, b), approximate)  # fmt: skip
+    return (grad_x.unflatten(-1, (b, -1)), grad_bias.unflatten(-1, (b, -1))), (grad_x.dim() - 1, 0)
+
+
+torch.library.register_vmap("gelu_ext::bias_gelu", _bias_gelu_vmap)
+torch.library.register_vmap("gelu_ext::bias_gelu_backward", _bias_gelu_backward_vmap)
+
+register_script_builtins(bias_gelu, geglu)
+register_onnx_symbolic("bias_gelu", lambda g, x, bias, approximate: onnx_gelu(g, g.op("Add", x, bias), approximate))
+register_onnx_symbolic("geglu", lambda g, gate, up, approximate: g.op("Mul", onnx_gelu(g, gate, approximate), up))

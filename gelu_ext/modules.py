@@ -93,10 +93,21 @@ class GEGLU(_ApproximateModule):
     """
 
     def forward(self, input: torch.Tensor) -> torch.Tensor:
-        if input.dim() == 0 or input.shape[-1] % 2 != 0:
-            raise ValueError(
-                f"gelu_ext.GEGLU: the last dimension must have an even size (value and gate halves), "
-                f"got shape {list(input.shape)}"
-            )
-        value, gate = input.chunk(2, dim=-1)
-        return geglu(gate, value, self.approximate)
+        return geglu_of_halves(input, self.approximate)
+
+
+def geglu_of_halves(input: torch.Tensor, approximate: str) -> torch.Tensor:
+    """GEGLU's forward: the halves checked, split (views) and handed to gelu_ext.geglu. A function of its own so that
+    torch.fx records it as one call (torch.fx.wrap below): its shape check cannot run on a symbolic tensor."""
+    if not isinstance(input, torch.Tensor):
+        raise TypeError(f"gelu_ext.GEGLU: the input must be a Tensor, not {type(input).__name__}")
+    if not torch.jit.is_tracing() and (input.dim() == 0 or input.shape[-1] % 2 != 0):  # see ops.gelu_backward
+        raise ValueError(
+            f"gelu_ext.GEGLU: the last dimension must have an even size (value and gate halves), "
+            f"got shape {list(input.shape)}"
+        )
+    halves = input.chunk(2, dim=-1)
+    return geglu(halves[1], halves[0], approximate)
+
+
+torch.fx.wrap("geglu_of_halves")

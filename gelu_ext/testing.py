@@ -213,7 +213,7 @@ def assert_bitwise_equal(actual: torch.Tensor, expected: torch.Tensor) -> None:
     a_bits, e_bits = a.view(_SAME_WIDTH_INT[a.dtype]), e.view(_SAME_WIDTH_INT[e.dtype])
     differ = (a_bits != e_bits) & ~both_nan
     if differ.any():
-        i = int(differ.nonzero()[0, 0]) if differ.dim() else 0
+        i = int(differ.flatten().nonzero()[0, 0])
         raise AssertionError(f"{int(differ.sum())} elements differ in their bits, first at flat index {i}: "
                              f"{a.flatten()[i].item()!r} vs {e.flatten()[i].item()!r}")  # fmt: skip
 

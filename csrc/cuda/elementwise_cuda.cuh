@@ -20,6 +20,7 @@
 #include <utility>
 
 #include "kernels.h"
+#include "launch.cuh"
 
 namespace gelu_ext::cuda::detail {
 
@@ -141,16 +142,16 @@ cudaError_t launch_flat(const void* in0_raw, const void* in1_raw, void* out_raw,
     if (n_vectors > 0) {
       const int64_t per_block = static_cast<int64_t>(kThreads) * kVectorsPerThread;
       const int64_t blocks = std::min((n_vectors + per_block - 1) / per_block, max_blocks);
-      elementwise_vectorized<Op, scalar_t, kInputs>
-          <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(in0, in1, out, n_vectors);
+      launch_kernel(elementwise_vectorized<Op, scalar_t, kInputs>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                    stream, in0, in1, out, n_vectors);
       done = n_vectors * kSize;
     }
   }
   if (done < n) {
     const int64_t rest = n - done;
     const int64_t blocks = std::min((rest + kThreads - 1) / kThreads, max_blocks);
-    elementwise_scalar<Op, scalar_t, kInputs><<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(
-        in0 + done, kInputs == 2 ? in1 + done : nullptr, out + done, rest);
+    launch_kernel(elementwise_scalar<Op, scalar_t, kInputs>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads),
+                  stream, in0 + done, kInputs == 2 ? in1 + done : nullptr, out + done, rest);
   }
   return cudaGetLastError();
 }
@@ -266,12 +267,12 @@ template <class Op, typename scalar_t, int kVec, int kInputs, bool kColumnSum>
 cudaError_t launch_rows_with(RowsArgs<scalar_t, kInputs> args, scalar_t* column_sum, cudaStream_t stream) {
   const RowsGeometry g = rows_geometry(args.rows, args.cols, kVec, kColumnSum);
   args.rows_per_block = g.rows_per_block;
-  if (args.rows > 0) rows_kernel<Op, scalar_t, kVec, kInputs, kColumnSum><<<g.grid, g.block, 0, stream>>>(args);
+  if (args.rows > 0) launch_kernel(rows_kernel<Op, scalar_t, kVec, kInputs, kColumnSum>, g.grid, g.block, stream, args);
   if constexpr (kColumnSum) {
     const int64_t lanes = args.rows > 0 ? static_cast<int64_t>(g.grid.y) * g.block.y : 0;  // no rows: sums are 0
     const int64_t blocks = (args.cols + kThreads - 1) / kThreads;
-    column_sum_kernel<scalar_t>
-        <<<static_cast<unsigned>(blocks), kThreads, 0, stream>>>(args.partial, lanes, args.cols, column_sum);
+    launch_kernel(column_sum_kernel<scalar_t>, dim3(static_cast<unsigned>(blocks)), dim3(kThreads), stream,
+                  args.partial, lanes, args.cols, column_sum);
   }
   return cudaGetLastError();
 }
