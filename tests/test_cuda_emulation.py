@@ -56,6 +56,7 @@ _SIGNATURES = {
     "emu_log_size": (_I64, []),
     "emu_log_entry": (None, [_I64, _PTR]),
     "emu_error_invalid_configuration": (_INT, []),
+    "emu_error_misaligned_address": (_INT, []),
     "emu_last_message": (ctypes.c_char_p, []),
     "emu_gelu_forward": (_INT, [_PTR, _PTR, _I64, _INT, _INT]),
     "emu_gelu_backward": (_INT, [_PTR, _PTR, _PTR, _I64, _INT, _INT]),
@@ -67,6 +68,7 @@ _SIGNATURES = {
     "emu_raw_launch": (_INT, [ctypes.c_uint] * 6 + [_PTR, _INT]),
     "emu_probe_run": (_INT, [_INT, _INT, _I64, _I64, _PTR, _PTR, _PTR, _PTR, _PTR, _I64, _PTR, _INT]),
     "emu_vector_load": (ctypes.c_float, [_PTR]),
+    "emu_vector_access_launch": (_INT, [_I64, _INT]),
 }
 
 
@@ -101,8 +103,13 @@ class Emulator:
         if status == -1:
             raise AssertionError(f"{launcher}: {self.lib.emu_last_message().decode()}")
         if status != 0:
-            name = "cudaErrorInvalidConfiguration" if status == self.invalid_configuration else f"error {status}"
-            raise AssertionError(f"{launcher}: CUDA kernel launch failed: {name}; launches: {self.launches()}")
+            raise AssertionError(f"{launcher}: CUDA kernel launch failed: {self.error_name(status)}; "
+                                 f"launches: {self.launches()}")  # fmt: skip
+
+    def error_name(self, status: int) -> str:
+        names = {self.invalid_configuration: "cudaErrorInvalidConfiguration",
+                 self.lib.emu_error_misaligned_address(): "cudaErrorMisalignedAddress"}  # fmt: skip
+        return names.get(status, f"error {status}")
 
 
 @pytest.fixture(scope="module")
@@ -272,7 +279,11 @@ def test_blocks_on_several_host_threads_give_the_same_bits(emulator):
 
 # ---- The rows launchers: bias_gelu, geglu and their backwards -------------------------------------------------------
 
-ROW_LAYOUTS = ["contiguous", "wider_rows", "odd_stride", "chunk_halves", "misaligned"]
+# misaligned: every operand one element off a 16-byte boundary; misaligned_first / misaligned_last: only the first
+# input (x, or grad in a backward) or only the last (bias, up) is, the outputs and the other inputs aligned, so that
+# the vector path is refused for each pointer on its own.
+ROW_LAYOUTS = ["contiguous", "wider_rows", "odd_stride", "chunk_halves", "misaligned", "misaligned_first",
+               "misaligned_last"]  # fmt: skip
 
 
 def row_shapes(dtype: torch.dtype) -> list[tuple[int, int]]:
@@ -324,18 +335,25 @@ def run_rows(emulator, launcher, dtype, approximate, rows, cols, layout, check_c
     default: fewer than 32 rows), else within column_sum_error_bound; guards and inputs untouched."""
     code, mode = DTYPE_CODES[dtype], MODE_CODES[approximate]
     backward = launcher.endswith("backward")
+    last = "misaligned" if layout in ("misaligned", "misaligned_last") else "aligned"  # bias or up
+    first = "misaligned" if layout == "misaligned_first" else layout  # the first input's layout
+    if layout in ("misaligned_first", "misaligned_last"):
+        layout = "contiguous"  # every other operand
+        first = "misaligned" if first == "misaligned" else layout
     operands = []
     if backward:
-        operands += row_operand(rows, cols, dtype, "contiguous" if layout == "chunk_halves" else layout, 1.0)
+        operands += row_operand(rows, cols, dtype, "contiguous" if first == "chunk_halves" else first, 1.0)
+        first = layout
     if launcher.startswith("geglu"):
         operands += (
             row_operand(rows, cols, dtype, layout)
             if layout == "chunk_halves"
-            else (row_operand(rows, cols, dtype, layout) + row_operand(rows, cols, dtype, "wider_rows"))
-        )
+            else (row_operand(rows, cols, dtype, first)
+                  + row_operand(rows, cols, dtype, "misaligned" if last == "misaligned" else "wider_rows"))
+        )  # fmt: skip
     else:
-        operands += row_operand(rows, cols, dtype, layout)[:1]
-        bias = Buffer(cols, dtype, 0, sample(cols, dtype, 1.0))
+        operands += row_operand(rows, cols, dtype, first)[:1]
+        bias = Buffer(cols, dtype, dtype.itemsize if last == "misaligned" else 0, sample(cols, dtype, 1.0))
         operands.append((bias, 0, 0))
     views = [b.view((rows, cols), (stride, 1), start) for b, start, stride in operands]
     args = []
@@ -490,6 +508,18 @@ def test_launch_configuration_is_checked_like_the_driver(emulator, grid, block):
         assert emulator.lib.emu_raw_launch(1, 1, 1, 32, 1, 1, out, 0) == 0 and out[0] == 32  # a next launch runs
 
 
+@pytest.mark.parametrize("store", [False, True], ids=["load", "store"])
+def test_a_misaligned_vector_access_is_the_gpus_error_not_a_crash(emulator, store):
+    """A 16-byte vector access at an address that is not a multiple of 16 faults on a GPU. The emulation gives the
+    same error from cudaGetLastError (x86 would crash on an aligned SSE move, or succeed with an unaligned one), so a
+    launcher that takes its vector path for a misaligned pointer fails its test by name; a next launch runs."""
+    misaligned = emulator.lib.emu_error_misaligned_address()
+    for offset in (4, 8, 12, 20):
+        assert emulator.lib.emu_vector_access_launch(offset, int(store)) == misaligned, offset
+        assert emulator.lib.emu_vector_access_launch(0, int(store)) == 0
+    assert emulator.lib.emu_vector_access_launch(32, int(store)) == 0
+
+
 # ---- What the emulation cannot run must not compile ---------------------------------------------------------------
 
 UNSUPPORTED = {
@@ -593,7 +623,7 @@ def probe_run(emulator, launcher, element_bytes, rows, cols, misaligned, counts=
     )
     if status == -1:
         raise AssertionError(f"{launcher} probe: {emulator.lib.emu_last_message().decode()}")
-    name = "cudaErrorInvalidConfiguration" if status == emulator.invalid_configuration else f"error {status}"
+    name = emulator.error_name(status)
     assert status == 0, f"{launcher} probe: CUDA kernel launch failed: {name}; launches: {emulator.launches()}"
     return strides, extents, written[: count.value]
 

@@ -54,6 +54,25 @@ struct alignas(kSize_ * sizeof(scalar_t)) Vector {
   scalar_t values[kSize];
 };
 
+// Every vector access goes through these two: a GPU faults on a misaligned one (cudaErrorMisalignedAddress, "misaligned
+// address"), and GELU_EXT_CHECK_VECTOR_ACCESS lets the host emulation (tests/cuda_emulation/emulation.h) report that
+// same error where the host would crash or, on x86, silently succeed. Under nvcc it is nothing: ld/st.global.v4.
+#ifndef GELU_EXT_CHECK_VECTOR_ACCESS
+#define GELU_EXT_CHECK_VECTOR_ACCESS(pointer, bytes)
+#endif
+
+template <typename Vec, typename scalar_t>
+__device__ __forceinline__ Vec load_vector(const scalar_t* p) {
+  GELU_EXT_CHECK_VECTOR_ACCESS(p, sizeof(Vec));
+  return *reinterpret_cast<const Vec*>(p);
+}
+
+template <typename Vec, typename scalar_t>
+__device__ __forceinline__ void store_vector(scalar_t* p, const Vec& v) {
+  GELU_EXT_CHECK_VECTOR_ACCESS(p, sizeof(Vec));
+  *reinterpret_cast<Vec*>(p) = v;
+}
+
 // Applies Op elementwise: out = Op::apply(in0, ..., inK) for the K inputs, rounded once.
 template <class Op, typename scalar_t, typename... Inputs>
 __device__ __forceinline__ scalar_t apply_op(Inputs... inputs) {
@@ -78,9 +97,7 @@ __global__ void __launch_bounds__(kThreads) elementwise_vectorized(const scalar_
                                                                      const scalar_t* __restrict__ in1,
                                                                      scalar_t* __restrict__ out, int64_t n_vectors) {
   using Vec = Vector<scalar_t>;
-  const Vec* a = reinterpret_cast<const Vec*>(in0);
-  const Vec* b = reinterpret_cast<const Vec*>(in1);
-  Vec* y = reinterpret_cast<Vec*>(out);
+  constexpr int kSize = Vec::kSize;
   const int64_t stride = static_cast<int64_t>(gridDim.x) * kThreads * kVectorsPerThread;
   for (int64_t base = static_cast<int64_t>(blockIdx.x) * kThreads * kVectorsPerThread + threadIdx.x;
        base < n_vectors; base += stride) {
@@ -90,8 +107,8 @@ __global__ void __launch_bounds__(kThreads) elementwise_vectorized(const scalar_
     for (int u = 0; u < kVectorsPerThread; ++u) {  // all loads first: 64 bytes in flight per operand
       const int64_t i = base + static_cast<int64_t>(u) * kThreads;
       if (i < n_vectors) {
-        va[u] = a[i];
-        if constexpr (kInputs == 2) vb[u] = b[i];
+        va[u] = load_vector<Vec>(in0 + i * kSize);
+        if constexpr (kInputs == 2) vb[u] = load_vector<Vec>(in1 + i * kSize);
       }
     }
 #pragma unroll
@@ -107,7 +124,7 @@ __global__ void __launch_bounds__(kThreads) elementwise_vectorized(const scalar_
             r.values[j] = apply_op<Op, scalar_t>(va[u].values[j]);
           }
         }
-        y[i] = r;
+        store_vector(out + i * kSize, r);
       }
     }
   }
@@ -203,7 +220,7 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const RowsArgs<scalar_t,
     Vec v[kInputs];
 #pragma unroll
     for (int k = 0; k < kInputs; ++k) {
-      v[k] = *reinterpret_cast<const Vec*>(args.in[k] + r * args.in_row_stride[k] + col);
+      v[k] = load_vector<Vec>(args.in[k] + r * args.in_row_stride[k] + col);
     }
     Vec y0;
     Vec y1;
@@ -219,8 +236,8 @@ __global__ void __launch_bounds__(kThreads) rows_kernel(const RowsArgs<scalar_t,
         if constexpr (kColumnSum) sums[j] += result;
       }
     }
-    *reinterpret_cast<Vec*>(args.out0 + r * args.cols + col) = y0;
-    if constexpr (kTwoOutputs) *reinterpret_cast<Vec*>(args.out1 + r * args.cols + col) = y1;
+    store_vector(args.out0 + r * args.cols + col, y0);
+    if constexpr (kTwoOutputs) store_vector(args.out1 + r * args.cols + col, y1);
   }
   if constexpr (kColumnSum) {
     const int64_t lane = static_cast<int64_t>(blockIdx.y) * blockDim.y + threadIdx.y;

@@ -6,6 +6,9 @@
 // sizes, a chosen subset), every thread of a block in turn, with threadIdx / blockIdx / blockDim / gridDim set; the
 // launch configuration is checked first, as the driver does, and an invalid one runs nothing and sets the error
 // cudaGetLastError returns (cudaErrorInvalidConfiguration). Blocks may be spread over several host threads.
+// A vector access (load_vector / store_vector in csrc/cuda/elementwise_cuda.cuh) at an address that is not a multiple
+// of its size ends the grid, as a GPU's fault does, and sets cudaErrorMisalignedAddress: the host would otherwise
+// crash the test process (aligned SSE moves) or, worse, succeed where a GPU cannot.
 //
 // Running the threads of a block one after another is faithful only for kernels whose threads never wait for or
 // talk to each other. So everything that would make them (barriers, shared memory, warp-level operations, atomics)
@@ -19,6 +22,7 @@
 #include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
+#include <cstddef>
 #include <cstdint>
 #include <exception>
 #include <functional>
@@ -72,6 +76,13 @@ inline cudaError_t check_configuration(dim3 grid, dim3 block) {
   return block_ok && grid_ok ? cudaSuccess : cudaErrorInvalidConfiguration;
 }
 
+// Thrown by a misaligned vector access: it unwinds the kernel and the grid, and launch() turns it into the error.
+struct MisalignedAddress {};
+
+inline void check_vector_access(const void* pointer, size_t bytes) {
+  if (reinterpret_cast<uintptr_t>(pointer) % bytes != 0) throw MisalignedAddress{};
+}
+
 // Runs body once per thread of the grid (the accepted blocks only), with the context set.
 void run_grid(dim3 grid, dim3 block, const std::function<void()>& body);
 
@@ -84,12 +95,21 @@ void launch(void (*kernel)(Params...), dim3 grid, dim3 block, cudaStream_t /*str
     last_error = status;
     return;
   }
-  // Each thread gets its own copy of the arguments, as kernel parameters are.
-  run_grid(grid, block, [&] { kernel(args...); });
+  try {
+    // Each thread gets its own copy of the arguments, as kernel parameters are.
+    run_grid(grid, block, [&] { kernel(args...); });
+  } catch (const MisalignedAddress&) {
+    settings().log.back().status = cudaErrorMisalignedAddress;
+    last_error = cudaErrorMisalignedAddress;
+  }
 }
 
 }  // namespace gelu_ext::emulation
 
+// load_vector / store_vector (csrc/cuda/elementwise_cuda.cuh) check their address here.
+#define GELU_EXT_CHECK_VECTOR_ACCESS(pointer, bytes) ::gelu_ext::emulation::check_vector_access(pointer, bytes)
+
+// The built-in index variables.
 #define threadIdx (static_cast<const uint3&>(::gelu_ext::emulation::current.thread_idx))
 #define blockIdx (static_cast<const uint3&>(::gelu_ext::emulation::current.block_idx))
 #define blockDim (static_cast<const dim3&>(::gelu_ext::emulation::current.block_dim))

@@ -258,6 +258,7 @@ EMU_EXPORT void emu_log_entry(int64_t i, int64_t* out) {
 }
 
 EMU_EXPORT int emu_error_invalid_configuration() { return cudaErrorInvalidConfiguration; }
+EMU_EXPORT int emu_error_misaligned_address() { return cudaErrorMisalignedAddress; }
 EMU_EXPORT const char* emu_last_message() { return last_message.c_str(); }
 
 // ---- The six launchers --------------------------------------------------------------------------------------------
@@ -346,6 +347,29 @@ EMU_EXPORT int emu_raw_launch(unsigned gx, unsigned gy, unsigned gz, unsigned bx
   emu::settings().sample_blocks = false;
   out[0] = threads_run;
   out[1] = index_checksum;
+  return cudaGetLastError();
+}
+
+// ---- A misaligned vector access: the GPU's fault, not the host's -------------------------------------------------
+
+namespace {
+// One 16-byte vector load (or store) through the kernels' own load_vector / store_vector, `offset` bytes into an
+// aligned buffer: a GPU faults unless offset is a multiple of 16.
+__global__ void access_one_vector(float* base, int64_t offset, int store) {
+  using Vec = detail::Vector<float>;
+  auto* p = reinterpret_cast<float*>(reinterpret_cast<char*>(base) + offset);
+  if (store != 0) {
+    detail::store_vector(p, Vec{});
+  } else {
+    base[0] = detail::load_vector<Vec>(p).values[0];
+  }
+}
+}  // namespace
+
+// Launches access_one_vector on one thread through launch_kernel; returns cudaGetLastError().
+EMU_EXPORT int emu_vector_access_launch(int64_t offset, int store) {
+  alignas(64) static float buffer[16];
+  detail::launch_kernel(access_one_vector, dim3(1), dim3(1), nullptr, buffer, offset, store);
   return cudaGetLastError();
 }
 
