@@ -26,12 +26,11 @@ nothing is registered and nothing is imported.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 import threading
-import warnings
 
 import torch
+
+from ._import_hooks import run_after_import, warn_on_failure
 
 DTENSOR_MODULE = "torch.distributed.tensor"
 
@@ -161,53 +160,11 @@ def register_sharding_strategies() -> None:
         _registered = True
 
 
-class RunAfterImport:
-    """A sys.meta_path finder that finds nothing itself: when `module_name` is about to load, it wraps the real
-    loader so that `callback` runs right after the module has run, then takes itself off sys.meta_path. (It follows
-    importlib.abc.MetaPathFinder's protocol without the base class, whose module costs ~2 ms to import.)"""
-
-    def __init__(self, module_name: str, callback) -> None:
-        self.module_name = module_name
-        self.callback = callback
-        self._finding = False
-
-    def find_spec(self, fullname, path, target=None):
-        if fullname != self.module_name or self._finding:
-            return None
-        self._finding = True  # the real spec comes from the finders after this one
-        try:
-            spec = importlib.util.find_spec(fullname)
-        finally:
-            self._finding = False
-        if spec is None or spec.loader is None or not hasattr(spec.loader, "exec_module"):
-            return spec
-        load = spec.loader.exec_module
-
-        def exec_module_then_callback(module):
-            load(module)  # if the module fails, so does its import, and the hook stays for the next attempt
-            self.remove()
-            self.callback()
-
-        spec.loader.exec_module = exec_module_then_callback
-        return spec
-
-    def remove(self) -> None:
-        # Called once the spec was found, so not while the import machinery iterates over sys.meta_path.
-        if self in sys.meta_path:
-            sys.meta_path.remove(self)
-
-
-def _register_after_import() -> None:
-    # A failure here must not break the user's import of torch.distributed.tensor; it is reported, not hidden.
-    try:
-        register_sharding_strategies()
-    except Exception as error:  # any failure of DTensor's registration API
-        warnings.warn(
-            f"gelu_ext: could not register its DTensor sharding strategies ({type(error).__name__}: {error}); "
-            "gelu_ext ops on DTensors will raise DTensor's NotImplementedError",
-            RuntimeWarning,
-            stacklevel=2,
-        )
+_register_after_import = warn_on_failure(
+    "register its DTensor sharding strategies",
+    "gelu_ext ops on DTensors will raise DTensor's NotImplementedError",
+    register_sharding_strategies,
+)
 
 
 def register_when_dtensor_loads() -> None:
@@ -215,11 +172,7 @@ def register_when_dtensor_loads() -> None:
     torch.distributed is not built in."""
     if not torch.distributed.is_available():
         return
-    if DTENSOR_MODULE in sys.modules:
-        _register_after_import()
-        return
-    if not any(isinstance(finder, RunAfterImport) and finder.module_name == DTENSOR_MODULE for finder in sys.meta_path):
-        sys.meta_path.insert(0, RunAfterImport(DTENSOR_MODULE, _register_after_import))
+    run_after_import(DTENSOR_MODULE, _register_after_import)
 
 
 register_when_dtensor_loads()

@@ -18,9 +18,10 @@ from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
-import torch.onnx
 from torch._decomp.decompositions import gelu_backward as _aten_gelu_backward_decomposition
 from torch.overrides import handle_torch_function, has_torch_function
+
+from ._import_hooks import run_after_import, warn_on_failure
 
 _gelu = torch.ops.gelu_ext.gelu.default
 _gelu_backward = torch.ops.gelu_ext.gelu_backward.default
@@ -29,7 +30,6 @@ _is_grad_enabled = torch.is_grad_enabled
 _below_autograd = torch._C._AutoDispatchBelowAutograd
 _is_compiling = torch.compiler.is_compiling
 _is_tracing = torch.jit.is_tracing  # torch.jit.trace (Dynamo folds it to False)
-_is_in_onnx_export = torch.onnx.is_in_onnx_export
 _forward_ad = torch.autograd.forward_ad
 _functorch_active = torch._C._are_functorch_transforms_active
 _interpreter_stack = torch._C._functorch.get_interpreter_stack
@@ -387,7 +387,30 @@ def onnx_gelu(g, x, approximate):
 
 
 def register_onnx_symbolic(name: str, symbolic) -> None:
-    torch.onnx.register_custom_op_symbolic(f"gelu_ext::{name}", symbolic, 9)  # 9: the oldest opset with Erf
+    """Registers `symbolic` for gelu_ext::name once torch.onnx is imported (no export can run before), so that
+    `import gelu_ext` does not import torch.onnx's 26 modules."""
+
+    def register() -> None:
+        torch.onnx.register_custom_op_symbolic(f"gelu_ext::{name}", symbolic, 9)  # 9: the oldest opset with Erf
+
+    run_after_import(ONNX_MODULE, warn_on_failure(
+        f"register the ONNX symbolic function of gelu_ext::{name}",
+        "exporting a graph that holds the op itself (a scripted model) will fail", register))  # fmt: skip
 
 
+def _not_exporting() -> bool:
+    return False
+
+
+# apply_op's check, until torch.onnx is imported: before that, no export can be running
+_is_in_onnx_export = _not_exporting
+
+
+def _use_onnx_export_check() -> None:
+    global _is_in_onnx_export
+    _is_in_onnx_export = torch.onnx.is_in_onnx_export
+
+
+ONNX_MODULE = "torch.onnx"
+run_after_import(ONNX_MODULE, _use_onnx_export_check)
 register_onnx_symbolic("gelu", onnx_gelu)

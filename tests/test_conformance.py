@@ -341,6 +341,33 @@ def test_onnx_export_of_a_scripted_model_translates_the_ops(tmp_path, approximat
             torch.testing.assert_close(run_onnx(tmp_path / f"{case}-17.onnx", x), ours(x), atol=1e-5, rtol=1e-4)
 
 
+LAZY_ONNX_SCRIPT = """
+import io, sys, torch
+{imports}
+assert {onnx_before} == ('torch.onnx' in sys.modules), 'import order'
+model = torch.jit.script(torch.nn.Sequential(gelu_ext.GELU(), gelu_ext.LinearGELU(4, 4, approximate='tanh')))
+buffer = io.BytesIO()
+torch.onnx.export(model, (torch.randn(2, 4),), buffer, dynamo=False, opset_version=20)  # torch.onnx loads here
+import onnx
+ops = [node.op_type for node in onnx.load_from_string(buffer.getvalue()).graph.node]
+assert ops.count('Gelu') == 2, ops
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("onnx_first", [False, True], ids=["gelu_ext first", "torch.onnx first"])
+def test_import_gelu_ext_leaves_torch_onnx_unimported_and_exports_once_it_loads(onnx_first):
+    """`import gelu_ext` does not import torch.onnx (26 modules, most of gelu_ext's own import time); its symbolic
+    functions register when torch.onnx loads, whichever comes first (fresh interpreters: this one has both)."""
+    import subprocess
+    import sys
+
+    imports = "import torch.onnx, gelu_ext" if onnx_first else "import gelu_ext"
+    script = LAZY_ONNX_SCRIPT.format(imports=imports, onnx_before=onnx_first)
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+
+
 # ---- torch.func.vmap: batching rules -------------------------------------------------------------------------------
 
 

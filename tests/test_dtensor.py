@@ -332,7 +332,7 @@ _ALL_REGISTERED = [
     "names = ('gelu', 'gelu_backward', 'bias_gelu', 'bias_gelu_backward', 'geglu', 'geglu_backward')",
     "assert all(getattr(torch.ops.gelu_ext, n).default in registered for n in names), 'not registered'",
 ]
-_HOOKS = "hooks = [f for f in sys.meta_path if type(f).__name__ == 'RunAfterImport']"
+_HOOKS = "hooks = [f for f in sys.meta_path if getattr(f, 'module_name', None) == 'torch.distributed.tensor']"
 LAZY_REGISTRATION_SCRIPTS = {
     # gelu_ext first: DTensor is not imported; importing a part of it (its parent package loads first) registers
     # the strategies and takes the import hook away
@@ -367,20 +367,19 @@ def test_registration_is_lazy_and_happens_whatever_the_import_order():
 
 def test_nothing_is_hooked_without_torch_distributed(monkeypatch):
     """Where torch.distributed is not built in, `import gelu_ext` neither imports DTensor nor hooks imports."""
-    from gelu_ext import dtensor_sharding
+    from gelu_ext import _import_hooks, dtensor_sharding
 
     monkeypatch.setattr(torch.distributed, "is_available", lambda: False)
-    monkeypatch.setattr(
-        sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, dtensor_sharding.RunAfterImport)]
-    )
+    monkeypatch.setattr(sys, "meta_path", [f for f in sys.meta_path if not isinstance(f, _import_hooks.RunAfterImport)])
     monkeypatch.delitem(sys.modules, dtensor_sharding.DTENSOR_MODULE)  # as if DTensor were not loaded yet
     dtensor_sharding.register_when_dtensor_loads()
-    assert not any(isinstance(f, dtensor_sharding.RunAfterImport) for f in sys.meta_path)
+    assert _import_hooks.hook_for(dtensor_sharding.DTENSOR_MODULE) is None
 
 
 def test_the_import_hook_runs_its_callback_once_the_module_has_run(monkeypatch, tmp_path):
-    """The hook that registers the strategies when DTensor loads, on a package of its own (DTensor is loaded here)."""
-    from gelu_ext import dtensor_sharding
+    """The hook that registers the strategies when DTensor loads (and the ONNX symbolics when torch.onnx does), on a
+    package of its own: every callback, in order, once the package has run; a failing one is a warning."""
+    from gelu_ext import _import_hooks
 
     package = tmp_path / "hooked_package"
     package.mkdir()
@@ -388,15 +387,26 @@ def test_the_import_hook_runs_its_callback_once_the_module_has_run(monkeypatch, 
     (package / "child.py").write_text("")
     monkeypatch.syspath_prepend(str(tmp_path))
     seen = []
-    hook = dtensor_sharding.RunAfterImport("hooked_package", lambda: seen.append(sys.modules["hooked_package"].LOADED))
-    monkeypatch.setattr(sys, "meta_path", [hook, *sys.meta_path])
+    monkeypatch.setattr(sys, "meta_path", list(sys.meta_path))
+    _import_hooks.run_after_import("hooked_package", lambda: seen.append(sys.modules["hooked_package"].LOADED))
+
+    def fail():
+        raise RuntimeError("planted")
+
+    _import_hooks.run_after_import("hooked_package", _import_hooks.warn_on_failure("do it", "so be it", fail))
+    _import_hooks.run_after_import("hooked_package", lambda: seen.append("second"))
+    hook = _import_hooks.hook_for("hooked_package")
+    assert len(hook.callbacks) == 3  # one finder per module
     try:
-        import hooked_package.child  # noqa: F401 - a child first: the parent package loads, and the hook fires
+        with pytest.warns(RuntimeWarning, match=r"could not do it \(RuntimeError: planted\); so be it"):
+            import hooked_package.child  # noqa: F401 - a child first: the parent package loads, and the hook fires
     finally:
         for name in ("hooked_package.child", "hooked_package"):
             sys.modules.pop(name, None)
-    assert seen == [True]
+    assert seen == [True, "second"]
     assert hook not in sys.meta_path
+    _import_hooks.run_after_import("sys", lambda: seen.append("at once"))  # imported already: runs now, no hook
+    assert seen[-1] == "at once" and _import_hooks.hook_for("sys") is None
 
 
 # ---- two processes ------------------------------------------------------------------------------------------------
