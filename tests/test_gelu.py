@@ -271,7 +271,18 @@ def test_cpu_instruction_sets_are_bit_identical():
             results[isa] = [gelu_ext.gelu(x, m) for m in APPROXIMATE_MODES]
             results[isa] += [gelu_ext.gelu_backward(grad, x, m) for m in APPROXIMATE_MODES]
             for dtype in (torch.float16, torch.bfloat16):
-                results[isa] += [gelu_ext.gelu(x.to(dtype), m) for m in APPROXIMATE_MODES]
+                # every op and loop form on 16-bit storage (float16 is staged through float buffers with F16C
+                # in the AVX2 and AVX-512 variants): flat, rows with a column sum, and two outputs
+                x16, grad16, up16 = x.to(dtype), grad.to(dtype), grad.flip(0).to(dtype)
+                rows, bias = x16[: 257 * 129].view(257, 129), grad16[:129]
+                for m in APPROXIMATE_MODES:
+                    results[isa] += [gelu_ext.gelu(x16, m), gelu_ext.gelu_backward(grad16, x16, m)]
+                    results[isa] += [
+                        torch.ops.gelu_ext.bias_gelu(rows, bias, m),
+                        torch.ops.gelu_ext.geglu(x16, up16, m),
+                    ]
+                    results[isa] += torch.ops.gelu_ext.bias_gelu_backward(rows.flip(0), rows, bias, m)
+                    results[isa] += torch.ops.gelu_ext.geglu_backward(grad16, x16, up16, m)
     best = _extension._C.cpu_capability()
     for outputs in results.values():
         for a, b in zip(outputs, results[best], strict=True):
