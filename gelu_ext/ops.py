@@ -386,6 +386,9 @@ def onnx_gelu(g, x, approximate):
     return (symbolic_opset20 if g.opset >= 20 else symbolic_opset9).gelu(g, x, approximate)
 
 
+ONNX_MODULE = "torch.onnx"
+
+
 def register_onnx_symbolic(name: str, symbolic) -> None:
     """Registers `symbolic` for gelu_ext::name once torch.onnx is imported (no export can run before), so that
     `import gelu_ext` does not import torch.onnx's 26 modules."""
@@ -411,6 +414,5 @@ def _use_onnx_export_check() -> None:
     _is_in_onnx_export = torch.onnx.is_in_onnx_export
 
 
-ONNX_MODULE = "torch.onnx"
 run_after_import(ONNX_MODULE, _use_onnx_export_check)
 register_onnx_symbolic("gelu", onnx_gelu)

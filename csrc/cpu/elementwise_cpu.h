@@ -94,8 +94,8 @@ struct NoStaging {};
     template <int64_t kCount>                                                                                     \
     TARGET static void from_float(const float* in, c10::Half* out) {                                              \
       for (int64_t j = 0; j < kCount; j += 8) {                                                                   \
-        const __m128i half = _mm256_cvtps_ph(_mm256_loadu_ps(in + j), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC); \
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), half);                                             \
+        constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;                                   \
+        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_cvtps_ph(_mm256_loadu_ps(in + j), kRound));  \
       }                                                                                                           \
     }                                                                                                             \
   };
@@ -119,10 +119,11 @@ inline __attribute__((always_inline)) void segment_loop(int64_t n, const NextSeg
                                                         compute_t<scalar_t>* __restrict column_sum,
                                                         std::index_sequence<K...>, const Inputs* __restrict... in) {
   using c_t = compute_t<scalar_t>;
+  constexpr bool kPair = std::is_same_v<std::decay_t<decltype(Op::apply(static_cast<c_t>(in[0])...))>, Pair<c_t>>;
   // One element from its inputs (as compute_t values) to where its results go (stored through `store`).
   const auto element = [&](auto store, int64_t i, auto... value) __attribute__((always_inline)) {
     const auto result = Op::apply(static_cast<c_t>(value)...);
-    if constexpr (std::is_same_v<std::decay_t<decltype(result)>, Pair<c_t>>) {
+    if constexpr (kPair) {
       store(i, result.first, result.second);
       if constexpr (kColumnSum) column_sum[i] += result.first;
     } else {
@@ -130,7 +131,6 @@ inline __attribute__((always_inline)) void segment_loop(int64_t n, const NextSeg
       if constexpr (kColumnSum) column_sum[i] += result;
     }
   };
-  constexpr bool kPair = std::is_same_v<std::decay_t<decltype(Op::apply(static_cast<c_t>(in[0])...))>, Pair<c_t>>;
   const auto store_out = [&](int64_t i, c_t first, c_t second) __attribute__((always_inline)) {
     out0[i] = static_cast<scalar_t>(first);
     if constexpr (kPair) out1[i] = static_cast<scalar_t>(second);
