@@ -158,7 +158,20 @@ static void judge(const Format16& f, uint16_t result, double exact, float a, flo
   if (error / spacing > count.worst) count.worst = error / spacing, count.worst_a = a, count.worst_b = b;
 }
 
+// The kernels' functors for a result rounded to kFormat (csrc/gelu_math.h): the erf mode's 16-bit math, the tanh mode's
+// float math.
+template <gelu_ext::OutputFormat kFormat>
 static int pairs_16bit(const Format16& f) {
+  using gelu_ext::Approximate;
+  using Erf = std::integral_constant<Approximate, Approximate::kNone>;
+  using Tanh = std::integral_constant<Approximate, Approximate::kTanh>;
+  const auto gelu = [](auto mode, float x) { return gelu_ext::GeluForward<mode()>::template apply<kFormat>(x); };
+  const auto backward = [](auto mode, float grad, float x) {
+    return gelu_ext::GeluBackward<mode()>::template apply<kFormat>(grad, x);
+  };
+  const auto geglu = [](auto mode, float gate, float up) {
+    return gelu_ext::GegluForward<mode()>::template apply<kFormat>(gate, up);
+  };
   std::vector<uint16_t> finite;
   for (uint32_t b = 0; b < 0x10000; ++b) {
     if (std::isfinite(f.to_float(static_cast<uint16_t>(b)))) finite.push_back(static_cast<uint16_t>(b));
@@ -174,18 +187,16 @@ static int pairs_16bit(const Format16& f) {
 #pragma omp for schedule(dynamic, 64)
     for (long i = 0; i < n; ++i) {
       const float x = f.to_float(finite[i]);
-      judge(f, f.from_float(m::gelu_erf(x)), ref_erf(x).value, x, 0, local[0]);
-      judge(f, f.from_float(m::gelu_tanh(x)), ref_tanh(x).value, x, 0, local[1]);
-      const float derivative[2] = {m::gelu_erf_derivative(x), m::gelu_tanh_derivative(x)};
+      judge(f, f.from_float(gelu(Erf{}, x)), ref_erf(x).value, x, 0, local[0]);
+      judge(f, f.from_float(gelu(Tanh{}, x)), ref_tanh(x).value, x, 0, local[1]);
       const double exact[2] = {ref_erf_d(x).value, ref_tanh_d(x).value};
       for (long j = 0; j < n; ++j) {
-        const float grad = f.to_float(finite[j]);
-        for (int k = 0; k < 2; ++k) {  // GeluBackward: grad * gelu'(x) in float, rounded once to the 16-bit type
-          judge(f, f.from_float(grad * derivative[k]), grad * exact[k], x, grad, local[2 + k]);
-        }
+        const float grad = f.to_float(finite[j]);  // GeluBackward: grad * gelu'(x), rounded once to the 16-bit type
+        judge(f, f.from_float(backward(Erf{}, grad, x)), grad * exact[0], x, grad, local[2]);
+        judge(f, f.from_float(backward(Tanh{}, grad, x)), grad * exact[1], x, grad, local[3]);
         const float up = grad;  // geglu: gelu(gate) * up, gate = x, over the same pairs
-        judge(f, f.from_float(m::gelu_erf_times(x, up)), ref_erf(x).value * up, x, up, local[4]);
-        judge(f, f.from_float(m::gelu_tanh_times(x, up)), ref_tanh(x).value * up, x, up, local[5]);
+        judge(f, f.from_float(geglu(Erf{}, x, up)), ref_erf(x).value * up, x, up, local[4]);
+        judge(f, f.from_float(geglu(Tanh{}, x, up)), ref_tanh(x).value * up, x, up, local[5]);
       }
     }
     // bias_gelu: GELU of the float32 sum x + bias (never rounded to the 16-bit type), so every finite float32 sum
@@ -195,8 +206,8 @@ static int pairs_16bit(const Format16& f) {
       float sum;
       std::memcpy(&sum, &bits, 4);
       if (!std::isfinite(sum)) continue;
-      judge(f, f.from_float(m::gelu_erf(sum)), ref_erf(sum).value, sum, 0, local[6]);
-      judge(f, f.from_float(m::gelu_tanh(sum)), ref_tanh(sum).value, sum, 0, local[7]);
+      judge(f, f.from_float(gelu(Erf{}, sum)), ref_erf(sum).value, sum, 0, local[6]);
+      judge(f, f.from_float(gelu(Tanh{}, sum)), ref_tanh(sum).value, sum, 0, local[7]);
     }
 #pragma omp critical
     for (int k = 0; k < kCounts; ++k) total[k].merge(local[k]);
@@ -219,8 +230,8 @@ static int pairs_16bit(const Format16& f) {
 
 int main(int argc, char** argv) {
   if (argc > 2 && std::strcmp(argv[1], "--pairs") == 0) {
-    if (std::strcmp(argv[2], "bfloat16") == 0) return pairs_16bit({"bfloat16", true});
-    if (std::strcmp(argv[2], "float16") == 0) return pairs_16bit({"float16", false});
+    if (std::strcmp(argv[2], "bfloat16") == 0) return pairs_16bit<gelu_ext::OutputFormat::kBFloat16>({"bfloat16", true});
+    if (std::strcmp(argv[2], "float16") == 0) return pairs_16bit<gelu_ext::OutputFormat::kFloat16>({"float16", false});
     std::fprintf(stderr, "--pairs takes bfloat16 or float16, not %s\n", argv[2]);
     return 2;
   }

@@ -166,6 +166,7 @@ constexpr float kKappa = 0.044715f;
 
 template <Approximate kMode>
 struct AtenGeluForward {
+  template <gelu_ext::OutputFormat = gelu_ext::OutputFormat::kFloat32>  // ATen's math is the same for every dtype
   __device__ static float apply(float x) {
     if (kMode == Approximate::kTanh) {
       return 0.5f * x * (1.0f + tanhf(kTanhBeta * (x + kKappa * x * x * x)));
@@ -176,6 +177,7 @@ struct AtenGeluForward {
 
 template <Approximate kMode>
 struct AtenGeluBackward {
+  template <gelu_ext::OutputFormat = gelu_ext::OutputFormat::kFloat32>
   __device__ static float apply(float dy, float x) {
     if (kMode == Approximate::kTanh) {
       const float x_sq = x * x;

@@ -6,7 +6,9 @@
 // CUDA (tests/test_gelu.py, tests/test_gelu_cuda.py).
 //
 // float, float16 and bfloat16 inputs run in float arithmetic only (no double anywhere: FP64 runs at 1/64 of the
-// FP32 rate on consumer and inference GPUs); the half types are computed in float and rounded once.
+// FP32 rate on consumer and inference GPUs). A float16 or bfloat16 result is computed in float by math made for a
+// 16-bit result (gelu_erf16, gelu_tanh16 below: no division, fits of 16-bit accuracy) and rounded once; the kernels
+// pass the storage type's OutputFormat to the functors, which pick the math.
 //
 // Why not 0.5 x (1 + erf(x / sqrt 2)) as in ATen? For x < 0, 1 + erf cancels: F.gelu has no correct bit below
 // x = -5 and is hundreds to thousands of ulp off in [-3, 3]. Instead, with a = |x| and g(a) = gelu(-a):
@@ -32,9 +34,10 @@
 // per 8 floats: 33, 38, 44, 51. F.gelu's erf forward on CPU is oneDNN's JIT kernel (its own 5-term erf and exp, no
 // accuracy in the tail); ATen's vectorized erf is 13 operations + 1 division + Sleef's expf, and its tanh mode calls
 // Sleef's tanhf.
-// On CUDA (benchmarks/kernel_ops.py, sm_90, .f32 PTX instructions per element, a division counted once): float32
-// 36 (erf) and 49 (tanh) forward, 42.5 and 58 backward; bfloat16/float16 33 and 47 forward, 39 and 55 backward. No FP64
-// instruction in any float kernel. An H100 streaming bf16 at 3 TB/s has ~44 FP32 operations per element to spare.
+// On CUDA (benchmarks/kernel_ops.py --roofline, sm_90 SASS per element of the vectorized loops): float32 48 (erf) and
+// 62 (tanh) forward, 53 and 70 backward; bfloat16 27 and 29 forward, 36 and 42 backward (float16 within 1.5). No
+// FP64 instruction in any float kernel, and none of the 16-bit ones uses MUFU. An H200 streaming bf16 at 4.3 TB/s has
+// ~31 instructions per element to spare in the forward, ~46 in the backward.
 //
 // double inputs use the C library's (host) or CUDA's (device) erfc and exp with the same formulas.
 #pragma once
@@ -53,6 +56,10 @@ namespace gelu_ext {
 
 // The `approximate` argument of the ops, parsed once on the host.
 enum class Approximate : int { kNone = 0, kTanh = 1 };
+
+// The format a result is rounded to after the math (the tensor's dtype): the erf mode's math for a 16-bit result is
+// cheaper than float's (math::gelu_erf16 below), since it only has to hold a 16-bit result's bits.
+enum class OutputFormat : int { kFloat32 = 0, kFloat16 = 1, kBFloat16 = 2 };
 
 // Calls fn with std::integral_constant<Approximate, mode> and returns its result: the kernels (CPU and CUDA) are
 // compiled once per mode.
@@ -179,8 +186,12 @@ GELU_HOST_DEVICE float times_exp(float scaled, float r, float u, float correctio
 
 // |x| clamped to `limit`, as an integer minimum of the bit patterns (ordered like the values for non-negative
 // floats): one instruction, where a float select lets GCC split every later use of the result into a select of its
-// own (measured: 10-20% of the AVX2 loops). NaN becomes `limit`: callers propagate NaN through x itself.
+// own (measured: 10-20% of the AVX2 loops). NaN becomes `limit`: callers propagate NaN through x itself. On the
+// device, fminf(|x|, limit) is one FMNMX (the integer form is two instructions there) with the same value.
 GELU_HOST_DEVICE float abs_clamped(float x, float limit) {
+#if defined(__CUDA_ARCH__)
+  return fminf(fabsf(x), limit);  // one FMNMX with an |x| operand; the same value (fminf returns limit for NaN)
+#endif
   const int32_t a_bits = bit_cast<int32_t>(x) & 0x7fffffff;
   const int32_t limit_bits = bit_cast<int32_t>(limit);
   return bit_cast<float>(a_bits < limit_bits ? a_bits : limit_bits);
@@ -198,16 +209,21 @@ GELU_HOST_DEVICE float derivative_from_negative_side(float x, float g) {
 }
 
 // gelu(x) * m (geglu's product) from g(a) * 2^48: for x < 0 the product is g(a) * m, formed as
-// (g(a) 2^48) (m 2^-48), both factors exact and normal (g(a) >= 5.5e-50 = 2^-164 above the clamp, and |m| >= 2^-78),
-// so it rounds once, even where g(a) alone would be subnormal and a large m would scale up its lost bits (gelu(-14)
+// (g(a) 2^48) (m 2^-48), both factors exact and normal (g(a) >= 5.5e-50 = 2^-164 above the clamp, and |m| >= 2^-78,
+// else see kSmallFactor), so it rounds once, even where g(a) alone would be subnormal and a large m would scale up its lost bits (gelu(-14)
 // is -1.09e-43, a subnormal with 7 significant bits: gelu(-14) * 300 in two steps is 41 ulp off, geglu 0.05). At the
 // clamp g is taken as -0, exact as long as |g(clamp) m| is below the smallest subnormal (|m| < 2.5e4 in erf mode, 875
 // in tanh mode); gelu(x) rounds to -0 there by itself.
+// Below |m| = 2^-78, m 2^-48 would be subnormal and lose m's bits, so the scale goes on g instead: (g(a) 2^48 2^-48) m,
+// g(a) then normal wherever the product can be (|g(a) m| >= 2^-149 needs |g(a)| > 2^-71).
 constexpr float kProductScaleDown = 0x1p-16f;  // kScaleDown * 2^48: times_exp then leaves g(a) * 2^48
 constexpr float kProductUnscale = 0x1p-48f;
+constexpr float kSmallFactor = 0x1p-78f;
 
 GELU_HOST_DEVICE float product_from_negative_side(float x, float g_scaled, float m) {
-  return x < 0.0f ? g_scaled * (m * kProductUnscale) : (x + g_scaled * kProductUnscale) * m;  // NaN x: NaN
+  const float negative_side =
+      fabsf(m) >= kSmallFactor ? g_scaled * (m * kProductUnscale) : (g_scaled * kProductUnscale) * m;
+  return x < 0.0f ? negative_side : (x + g_scaled * kProductUnscale) * m;  // NaN x: NaN
 }
 
 // The erf mode's parts at a = |x| <= 15:  Phi(-a) = exp(-a^2/2) R(a),  R(a) = erfcx(a/sqrt 2) / 2.
@@ -268,10 +284,11 @@ GELU_HOST_DEVICE float gelu_erf_small_times(float x, float m) {
   const float x2 = x * x;
   const float t = fma_f(fma_f(kPhiC5, x2, kPhiC3), x2, kInvSqrt2PiF);
   const float xm = x * m;
-  // fma(x, t, +0) is x * t rounded once, the same bits, except for a zero gate: -0 * t + 0 = +0. The product term
-  // then has x m's sign at zero, and so has the sum: gelu(-0) m = -0 m, as for a nonzero gate (x * t kept -0, and
-  // (-0)(-0) + (-0) = +0 lost the sign). Same operation count (an FMA for the multiply).
-  return fma_f(xm, fma_f(x, t, 0.0f), 0.5f * xm);
+  // gelu(x) m = x m (1/2 + x t) has x m's sign, 1/2 + x t being positive; the sum below can lose it where its terms
+  // underflow: x m = +-0 (a zero gate, or a tiny gate times a tiny m: (-0)(-0) + (-0) = +0), or x m = -2^-149,
+  // whose half rounds to -0 and leaves the positive x m x t, far below the smallest subnormal, to round to +0. So
+  // the result takes x m's sign: only a zero can have the wrong one (|x t| < 0.05), and copysign gives it back.
+  return copysignf(fma_f(xm, x * t, 0.5f * xm), xm);
 }
 
 // gelu(x) * m, rounded once where gelu(x) is tiny (product_from_negative_side).
@@ -359,6 +376,214 @@ GELU_HOST_DEVICE float gelu_tanh_derivative(float x) {
 }
 
 // ---------------------------------------------------------------------------------------------------------
+// Erf mode for results that are rounded to float16 or bfloat16 afterwards. A 16-bit result needs 11 (float16) or 8
+// (bfloat16) significant bits, not float's 24, so the float path's care (a double-float exp argument, a rational
+// fit to 2.5e-9, a division) is more than the result can hold, and on an H200 more than a bfloat16 stream leaves
+// time for (~31 instructions per element at 4.3 TB/s; the float path's forward is 49). Instead, with a = |x|:
+//   gelu(-a) = -a 2^E(a),    E(a) = log2 Phi(-a)                          (E(0) = -1 exactly: Phi(0) = 1/2)
+//   gelu'(-a) = (a0 - a) 2^D(a),   D(a) = log2(gelu'(-a) / (a0 - a))      (a0 = 0.75179...: gelu'(-a0) = 0)
+// E and D are single polynomials in a (log2 of Phi(-a) exp(a^2/2) is analytic up to that function's nearest zeros,
+// at a = -1.9 +- 2.8i, far enough from [0, 15] for degree 10 to 12; a rational fit would need a division), and a
+// 2^f of 16-bit accuracy finishes it. The fits are weighted towards a = 0, where most 16-bit inputs are. gelu' changes sign at -a0, so its
+// factor (a0 - a) is split out and formed exactly (a0 as a float pair, Sterbenz), which keeps the derivative's
+// relative accuracy right next to its zero, where the float path's Phi - x phi has to cancel.
+// What it keeps from the float path: no cancellation (the same symmetry, gelu(x) = x + gelu(-a) for x >= 0); a
+// subnormal result rounded once (the 2^64 prescale, folded into 2^f's coefficients); the clamps, signed zeros and
+// NaN. IEEE float operations and explicit FMAs only (no hardware exp2 approximation), so the host reproduces the GPU.
+// Proven over every input (benchmarks/exhaustive_ulp.cpp --pairs, tests/test_rounding16.py): every float16 and
+// bfloat16 gelu and gelu' result faithful, almost all correctly rounded (docs/accuracy.md has the counts).
+// Cost: the clamp + E's degree + 2^f's degree + 5 (+ 3 for gelu'), against the float path's 23 + a division. The
+// fits come from scripts/fit_gelu_math.py; the float16 ones were then tuned by a few ulps (scripts/tune_fit16.cpp)
+// so that as many results as possible are correctly rounded.
+// ---------------------------------------------------------------------------------------------------------
+
+// c0 a^n + c1 a^(n-1) + ... + cn by Horner, one FMA per degree (the coefficients as arguments, which device code can
+// take from a host constexpr where an array it could not).
+GELU_HOST_DEVICE float horner(float, float c) { return c; }
+template <typename... Rest>
+GELU_HOST_DEVICE float horner(float a, float c0, float c1, Rest... rest) {
+  return horner(a, fma_f(c0, a, c1), rest...);
+}
+
+// 2^f * s for |f| <= 1/2 and s a power of two: s (1 + f u(f)), u of degree kDegree - 1 (degree 4: 2^-18.4 relative,
+// 5: 2^-23.4). The coefficients carry s (folded at compile time), so every Horner step is the s = 1 evaluation's times
+// a power of two and rounds alike. kDegree operations.
+template <int kDegree>
+GELU_HOST_DEVICE float exp2_poly(float f, float s) {
+  static_assert(kDegree == 4 || kDegree == 5, "2^f has fits of degree 4 and 5");
+  if constexpr (kDegree == 4) {
+    return horner(f, 9.58285201e-3f * s, 5.59064336e-2f * s, 2.40240991e-1f * s, 6.93124175e-1f * s, s);
+  } else {
+    return horner(f, 1.32647250e-3f * s, 9.67151392e-3f * s, 5.55073358e-2f * s, 2.40222424e-1f * s,
+                  6.93147004e-1f * s, s);
+  }
+}
+
+// 2^(k + 64) from shifted = (k + 191) + 1.5 * 2^23, as exp_reduce forms it: one shift.
+constexpr float kExp2Shifter = kRoundToInt + 191;  // 191 = 127 (exponent bias) + 64 (the 2^64 prescale)
+GELU_HOST_DEVICE float exp2_scale(float shifted) { return bit_cast<float>(bit_cast<uint32_t>(shifted) << 23); }
+
+// factor * 2^e * signed_scale_down * 2^64, for e in [-190, 0] and a normal factor: e = k + f with k = round(e) by
+// the shifter, |f| <= 1/2 exactly (Sterbenz), and 2^f's polynomial carries signed_scale_down, so factor * 2^(k+64)
+// is exact and the last multiply rounds the result once, into the subnormals if it is that small. kDegree + 5.
+template <int kDegree>
+GELU_HOST_DEVICE float exp2_times(float e, float factor, float signed_scale_down) {
+  const float shifted = e + kExp2Shifter;
+  const float f = e - (shifted - kExp2Shifter);
+  return (factor * exp2_scale(shifted)) * exp2_poly<kDegree>(f, signed_scale_down);
+}
+
+// The fits, per output format: the clamp (beyond it gelu(-a) and gelu'(-a) round to -0 in the format, for every
+// factor a format can multiply them by: float16's largest grad or up, 65504, times gelu'(-8) = -4e-14 is below half
+// its smallest subnormal; bfloat16 clamps where float does), E and D on [0, clamp] (minimax, errors in log2 units),
+// and 2^f's degree for the derivative.
+constexpr float kA0Hi = 0.751791537f;    // the zero of gelu' is at -0.75179152469356446
+constexpr float kA0Lo = -1.21144499e-8f;  // a0 - kA0Hi
+
+struct Float16Fit {
+  static constexpr float kClamp = 8.0f;
+  static constexpr int kForwardExpDegree = 5;
+  static constexpr int kDerivativeExpDegree = 5;
+  GELU_HOST_DEVICE static float forward_exponent(float a) {  // degree 11
+    return fma_f(a,
+                 horner(a,
+                        6.64977018e-10f, -3.15742881e-8f, 6.51626863e-7f, -7.56867303e-6f, 5.2301657e-5f,
+                        -0.000184801305f, -0.000216935514f, 0.00723030465f, -0.0526353009f, -0.459164828f,
+                        -1.15110731f),
+                 -1.0f);
+  }
+  GELU_HOST_DEVICE static float derivative_exponent(float a) {  // degree 11
+    return horner(a,
+                  -4.48271177e-11f, 6.90891744e-9f, -2.73561824e-7f, 5.45093735e-6f, -6.68668072e-5f,
+                  0.000557379099f, -0.00335991173f, 0.0153505523f, -0.0552202016f, -0.560554802f, -0.38320303f,
+                  -0.588404655f);
+  }
+};
+
+struct BFloat16Fit {
+  static constexpr float kClamp = 15.0f;
+  static constexpr int kForwardExpDegree = 4;
+  static constexpr int kDerivativeExpDegree = 4;
+  GELU_HOST_DEVICE static float forward_exponent(float a) {  // degree 10
+    return fma_f(a,
+                 horner(a,
+                        6.29860122e-11f, -5.98123062e-9f, 2.51410455e-7f, -6.18706326e-6f, 9.95690571e-5f,
+                        -0.00111234246f, 0.00898879021f, -0.0546169989f, -0.458083004f, -1.15129685f),
+                 -1.0f);
+  }
+  GELU_HOST_DEVICE static float derivative_exponent(float a) {  // degree 12
+    return horner(a,
+                  2.20749612e-12f, -2.19958468e-10f, 9.79136239e-9f, -2.57446061e-7f, 4.45863407e-6f,
+                  -5.37863307e-5f, 0.000467320206f, -0.00299489428f, 0.0144699384f, -0.0540146753f, -0.561386883f,
+                  -0.382980645f, -0.588414311f);
+  }
+};
+
+template <OutputFormat kFormat>
+struct Fit16;
+template <>
+struct Fit16<OutputFormat::kFloat16> : Float16Fit {};
+template <>
+struct Fit16<OutputFormat::kBFloat16> : BFloat16Fit {};
+
+template <class Fit>
+GELU_HOST_DEVICE float gelu_erf16(float x) {
+  const float a = abs_clamped(x, Fit::kClamp);
+  return gelu_from_negative_side(x, exp2_times<Fit::kForwardExpDegree>(Fit::forward_exponent(a), a, -kScaleDown));
+}
+
+// gelu(x) * m, the product rounded once where gelu(x) is tiny (product_from_negative_side), and from the series below
+// |x| = 1/8 as in float (gelu_erf_small_times): there the product's scaled factor m 2^-48 would lose the bits of a
+// tiny m (|m| < 2^-78), which the series, with no scaling, keeps.
+template <class Fit>
+GELU_HOST_DEVICE float gelu_erf16_times(float x, float m) {
+  const float a = abs_clamped(x, Fit::kClamp);
+  const float g_scaled = exp2_times<Fit::kForwardExpDegree>(Fit::forward_exponent(a), a, -kProductScaleDown);
+  const float product = product_from_negative_side(x, a < Fit::kClamp ? g_scaled : -0.0f, m);
+  return a < kSmallGate ? gelu_erf_small_times(x, m) : product;  // NaN x: a is the clamp, product is NaN
+}
+
+template <class Fit>
+GELU_HOST_DEVICE float gelu_erf16_derivative(float x) {
+  const float a = abs_clamped(x, Fit::kClamp);
+  const float to_zero = (kA0Hi - a) + kA0Lo;  // a0 - a: the first difference is exact for a in [a0/2, 2 a0]
+  const float g = exp2_times<Fit::kDerivativeExpDegree>(Fit::derivative_exponent(a), to_zero, kScaleDown);
+  return derivative_from_negative_side(x, g);
+}
+
+// The tanh mode for 16-bit results: the float path's formulas, g(a) = -a e / (1 + e) and its derivative
+// e inv (1 - a s' inv), inv = 1 / (1 + e), e = exp(-s), with what a 16-bit result can do without:
+//   * e = 2^y, y = -s log2(e) = a t, t = -C1 log2(e) (1 + kappa a^2) in one FMA: y is rounded only inside the
+//     reduction (k = round(a t) by the shifter, f = a t - k in one FMA), so its error is t's, ~2^-23 of |y| <= 163,
+//     where the float path builds s in double-float (11 operations);
+//   * inv by Newton's method from a linear seed (1 + e is in [1, 2]), without a division: 6 FMAs, 2^-24 relative;
+//   * 2^f of degree 5 (2^-23.4). Degree 4 would leave one bfloat16 result misrounded; this leaves none (0 of
+//     65,280 bfloat16 gelu and gelu' results misrounded, 5 and 4 of 63,488 in float16, as the float path's 5 and 1).
+// One evaluation serves both 16-bit formats: the float path's clamp (11) covers bfloat16's range, and float16
+// results beyond |x| = 7 round to 0 or x anyway. Cost: forward 21 + the clamp, against the float path's 36 + a
+// division; the derivative 7 more for its zero (gelu_tanh16_derivative).
+constexpr float kTanhY1 = -2.30220819f;   // -C1 log2(e)
+constexpr float kTanhY3 = -0.102943242f;  // -C1 kappa log2(e)
+
+// 1 / d for d in [1, 2]: the seed 24/17 - 8/17 d is within 1/17 (the minimax line), a cubic step y (1 + r + r^2)
+// takes the relative error r to r^3, a Newton step to r^6 (~2^-24.5, below the roundings). 6 FMAs.
+GELU_HOST_DEVICE float reciprocal_1_to_2(float d) {
+  float y = fma_f(d, -0.470588237f, 1.41176474f);
+  float r = fma_f(-d, y, 1.0f);
+  y = fma_f(y, fma_f(r, r, r), y);
+  r = fma_f(-d, y, 1.0f);
+  return fma_f(y, r, y);
+}
+
+struct Tanh16Parts {
+  float scale;  // 2^(k + 64)
+  float p;      // 2^f 2^-64: e = 2^y = p scale
+  float inv;    // 1 / (1 + e)
+};
+
+GELU_HOST_DEVICE Tanh16Parts tanh16_parts(float a) {
+  const float t = fma_f(a * a, kTanhY3, kTanhY1);
+  const float shifted = fma_f(a, t, kExp2Shifter);
+  const float scale = exp2_scale(shifted);
+  const float p = exp2_poly<5>(fma_f(a, t, -(shifted - kExp2Shifter)), kScaleDown);
+  return {scale, p, reciprocal_1_to_2(fma_f(p, scale, 1.0f))};
+}
+
+// g(a) = -(a 2^(k+64) inv) 2^f 2^-64: the first product is normal, the last rounds once (into the subnormals).
+GELU_HOST_DEVICE float gelu_tanh16(float x) {
+  const float a = abs_clamped(x, kTanhClamp);
+  const Tanh16Parts t = tanh16_parts(a);
+  return gelu_from_negative_side(x, ((a * t.scale) * -t.inv) * t.p);
+}
+
+GELU_HOST_DEVICE float gelu_tanh16_times(float x, float m) {
+  const float a = abs_clamped(x, kTanhClamp);
+  const Tanh16Parts t = tanh16_parts(a);
+  const float g_scaled = ((a * t.scale) * -t.inv) * (t.p * 0x1p48f);  // g(a) 2^48 (product_from_negative_side)
+  const float product = product_from_negative_side(x, a < kTanhClamp ? g_scaled : -0.0f, m);
+  return a < kTinyGate ? x * (m * 0.5f) : product;
+}
+
+// The derivative's factor h(a) = 1 - a s' inv vanishes at a0 = 0.75246 (gelu_tanh'(-a0) = 0), where 1 - a s' inv
+// cancels: its absolute error, ~2^-23, is relative to h, which is 3.8e-5 at float16's input nearest to a0 (-0.752441)
+// and made that result unfaithful for large grads (2.8 ulp at grad 14). Within |a - a0| < 1/16, h is its cubic
+// Taylor polynomial in delta = a - a0 (delta exact: a0 as a float pair, Sterbenz; the series' relative error is below
+// 2.1e-7 there); beyond, |h| > 0.11 and the FMA form is accurate. 7 operations more than the plain form.
+constexpr float kTanhA0Hi = 0.752461433f;
+constexpr float kTanhA0Lo = -1.13396279e-8f;
+constexpr float kTanhNearZero = 0.0625f;
+
+GELU_HOST_DEVICE float gelu_tanh16_derivative(float x) {
+  const float a = abs_clamped(x, kTanhClamp);
+  const Tanh16Parts t = tanh16_parts(a);
+  const float a_ds = a * fma_f(k3C2, a * a, kC1Hi);
+  const float delta = (a - kTanhA0Hi) - kTanhA0Lo;
+  const float series = delta * fma_f(fma_f(-6.16051361e-2f, delta, -8.16318497e-1f), delta, -1.90459912f);
+  const float h = fabsf(delta) < kTanhNearZero ? series : fma_f(-a_ds, t.inv, 1.0f);  // 1 - a s' inv
+  return derivative_from_negative_side(x, ((t.inv * h) * t.scale) * t.p);
+}
+
+// ---------------------------------------------------------------------------------------------------------
 // double: the C library's (host) or CUDA's (device) erfc and exp; same formulas, no cancellation.
 // ---------------------------------------------------------------------------------------------------------
 // NaN-preserving clamp of x to [-limit, limit] (comparisons with NaN are false, so NaN passes through).
@@ -403,28 +628,44 @@ GELU_HOST_DEVICE double gelu_tanh_derivative(double x) {
 }  // namespace math
 
 // The elementwise functors the kernels map over tensors (csrc/cpu/elementwise_cpu.h, csrc/cuda/elementwise_cuda.cuh).
-// `compute_t` is the type the math runs in: float for float / half / bfloat16, double for double. Each takes its
-// inputs in the op's argument order and returns one value, or a Pair for an op with two outputs. A new op is one
-// more functor here plus its registration: the kernels are generic in the functor.
+// `compute_t` is the type the math runs in: float for float / half / bfloat16, double for double; kFormat is the
+// format the result is rounded to afterwards, which picks the erf mode's 16-bit math for float16 and bfloat16 (the
+// kernels pass their storage type's; the default is float's math). Each takes its inputs in the op's argument order
+// and returns one value, or a Pair for an op with two outputs. A new op is one more functor here plus its
+// registration: the kernels are generic in the functor.
 template <typename T>
 struct Pair {
   T first;
   T second;
 };
 
+// Whether a functor runs the 16-bit math (math::gelu_erf16, math::gelu_tanh16 and their relatives): float arithmetic
+// and a 16-bit result.
+template <OutputFormat kFormat, typename compute_t>
+constexpr bool kUses16BitMath = kFormat != OutputFormat::kFloat32 && std::is_same_v<compute_t, float>;
+
 template <Approximate kMode>
 struct GeluForward {
-  template <typename compute_t>
+  template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t x) {
-    return kMode == Approximate::kTanh ? math::gelu_tanh(x) : math::gelu_erf(x);
+    if constexpr (kUses16BitMath<kFormat, compute_t>) {
+      return kMode == Approximate::kTanh ? math::gelu_tanh16(x) : math::gelu_erf16<math::Fit16<kFormat>>(x);
+    } else {
+      return kMode == Approximate::kTanh ? math::gelu_tanh(x) : math::gelu_erf(x);
+    }
   }
 };
 
 template <Approximate kMode>
 struct GeluBackward {
-  template <typename compute_t>
+  template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t grad, compute_t x) {
-    return grad * (kMode == Approximate::kTanh ? math::gelu_tanh_derivative(x) : math::gelu_erf_derivative(x));
+    if constexpr (kUses16BitMath<kFormat, compute_t>) {
+      return grad * (kMode == Approximate::kTanh ? math::gelu_tanh16_derivative(x)
+                                                 : math::gelu_erf16_derivative<math::Fit16<kFormat>>(x));
+    } else {
+      return grad * (kMode == Approximate::kTanh ? math::gelu_tanh_derivative(x) : math::gelu_erf_derivative(x));
+    }
   }
 };
 
@@ -434,9 +675,9 @@ struct GeluBackward {
 // than gelu per element.
 template <Approximate kMode>
 struct BiasGeluForward {
-  template <typename compute_t>
+  template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t x, compute_t bias) {
-    return GeluForward<kMode>::apply(x + bias);
+    return GeluForward<kMode>::template apply<kFormat>(x + bias);
   }
 };
 
@@ -444,28 +685,34 @@ struct BiasGeluForward {
 // these values in compute_t, before they are rounded to the storage type.
 template <Approximate kMode>
 struct BiasGeluBackward {
-  template <typename compute_t>
+  template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t grad, compute_t x, compute_t bias) {
-    return GeluBackward<kMode>::apply(grad, x + bias);
+    return GeluBackward<kMode>::template apply<kFormat>(grad, x + bias);
   }
 };
 
-// geglu: gelu(gate) * up (gelu_*_times: the product formed without a subnormal intermediate, and in erf mode from
-// the series near 0), rounded once to the storage type. 4 (tanh) to 11 (erf) operations more than gelu.
+// geglu: gelu(gate) * up (gelu_*_times: the product formed without a subnormal intermediate, and in erf mode's float
+// math from the series near 0), rounded once to the storage type. 4 (tanh) to 11 (erf) operations more than gelu.
 template <Approximate kMode>
 struct GegluForward {
-  template <typename compute_t>
+  template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t gate, compute_t up) {
-    return kMode == Approximate::kTanh ? math::gelu_tanh_times(gate, up) : math::gelu_erf_times(gate, up);
+    if constexpr (kUses16BitMath<kFormat, compute_t>) {
+      return kMode == Approximate::kTanh ? math::gelu_tanh16_times(gate, up)
+                                         : math::gelu_erf16_times<math::Fit16<kFormat>>(gate, up);
+    } else {
+      return kMode == Approximate::kTanh ? math::gelu_tanh_times(gate, up) : math::gelu_erf_times(gate, up);
+    }
   }
 };
 
 // (grad_gate, grad_up) = (grad * up * gelu'(gate), grad * gelu(gate)): both from one read of the three inputs.
 template <Approximate kMode>
 struct GegluBackward {
-  template <typename compute_t>
+  template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static Pair<compute_t> apply(compute_t grad, compute_t gate, compute_t up) {
-    return {GeluBackward<kMode>::apply(grad * up, gate), GegluForward<kMode>::apply(gate, grad)};
+    return {GeluBackward<kMode>::template apply<kFormat>(grad * up, gate),
+            GegluForward<kMode>::template apply<kFormat>(gate, grad)};
   }
 };
 

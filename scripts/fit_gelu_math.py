@@ -6,6 +6,12 @@
 2. 1/R(a) = sqrt(2 pi) a + Pg(a)/Qg(a) on a in [0, 15], R(a) = erfcx(a/sqrt 2)/2, degrees (4, 5), Pg(0) = 2 and
    Qg(0) = 1 fixed, minimax in the relative error of 1/R.
 3. The tanh mode's constants 2 sqrt(2/pi) and 0.044715 as float hi + lo pairs, and ln 2's Cody-Waite split.
+4. The erf mode's 16-bit evaluation (math::gelu_erf16): 2^f = 1 + f u(f) on |f| <= 1/2, u of degree 3 and 4, and
+   per 16-bit format the exponents E(a) = log2 Phi(-a) = -1 + a Q(a) and D(a) = log2(gelu'(-a) / (a0 - a)) as
+   polynomials in a on [0, clamp], Chebyshev least squares iterated towards minimax (Lawson), weighted so that the
+   error is smaller near a = 0, where most 16-bit inputs are (E's error ~ a / (a + a1), D's ~ (a + a1)). The
+   float16 fits are then tuned, a few float ulps at a time, by scripts/tune_fit16.cpp until as many of the 65,536
+   results as it can make are correctly rounded (it prints the values in csrc/gelu_math.h).
 
 Each fit is a weighted least-squares problem iterated towards minimax (Lawson's algorithm); the coefficients are then
 rounded to float one at a time, highest degree first, refitting the others after each rounding, so the printed float
@@ -107,7 +113,76 @@ def split_constants():
         print(f"{name}: hi {float(hi):.9g}f, lo {float(lo):.9g}f")
 
 
+def _cheb_lawson(t, target, degree, weight, iterations):
+    """Chebyshev coefficients of degree `degree` on t in [-1, 1], minimizing max |fit - target| * weight (Lawson)."""
+    from numpy.polynomial import chebyshev
+
+    w = np.ones_like(t)
+    for _ in range(iterations):
+        c = chebyshev.chebfit(t, target, degree, w=np.sqrt(w) * weight)
+        err = np.abs(chebyshev.chebval(t, c) - target) * weight
+        w = w * err
+        w /= w.sum()
+    return c, err.max()
+
+
+def _monomial(cheb, hi):
+    """Chebyshev coefficients in t = 2 a / hi - 1 -> monomial coefficients in a (lowest degree first)."""
+    from numpy.polynomial import chebyshev, polynomial
+
+    mono, acc, power = chebyshev.cheb2poly(cheb), np.array([0.0]), np.array([1.0])
+    for k in range(len(mono)):
+        acc = polynomial.polyadd(acc, mono[k] * power)
+        power = polynomial.polymul(power, np.array([-1.0, 2.0 / hi]))
+    return acc
+
+
+def fit_exp2(degree):
+    """2^f = 1 + f u(f) on |f| <= 1/2, minimax in the relative error of 2^f; u's coefficients, highest first."""
+    f = np.cos(np.linspace(0, np.pi, 2000)) / 2
+    f = f[np.abs(f) > 1e-9]
+    u = np.array([float((mp.mpf(2) ** v - 1) / v) for v in f])
+    weight = np.abs(f) / np.array([float(mp.mpf(2) ** v) for v in f])
+    c, err = _cheb_lawson(f * 2, u, degree - 1, weight, 60)
+    from numpy.polynomial import chebyshev
+
+    return (chebyshev.cheb2poly(c) * 2.0 ** np.arange(degree))[::-1], err
+
+
+def fit_exponent16(what, hi, degree, a1):
+    """E (what = "forward", E = -1 + a Q) or D ("derivative") on [0, hi]; coefficients highest degree first."""
+    sqrt2 = mp.sqrt(2)
+    phi_minus = lambda a: mp.erfc(a / sqrt2) / 2  # noqa: E731  Phi(-a)
+    derivative = lambda a: phi_minus(a) - a * mp.exp(-a * a / 2) / mp.sqrt(2 * mp.pi)  # noqa: E731  gelu'(-a)
+    a0 = mp.findroot(derivative, 0.75)
+    a = (np.cos(np.linspace(0, np.pi, 3000)) + 1) / 2 * hi
+    a = a[(np.abs(a - 0.7518) > 1e-4) & (a > 1e-6)]
+    if what == "forward":  # Q = (E + 1) / a, its error weighted by a + a1: E's error ~ a / (a + a1)
+        target = np.array([float((mp.log(phi_minus(mp.mpf(v)), 2) + 1) / v) for v in a])
+        c, err = _cheb_lawson(a / hi * 2 - 1, target, degree - 1, a + a1, 80)
+    else:  # D's error weighted by 1 / (a + a1)
+        target = np.array([float(mp.log(derivative(mp.mpf(v)) / (a0 - v), 2)) for v in a])
+        c, err = _cheb_lawson(a / hi * 2 - 1, target, degree, 1 / (a + a1), 80)
+    return [float(f32(v)) for v in _monomial(c, hi)[::-1]], err, a0
+
+
+def fit_16bit():
+    for degree in (4, 5):
+        u, err = fit_exp2(degree)
+        print(f"2^f, degree {degree}: u = {', '.join(f'{float(f32(v)):.9g}f' for v in u)}, max rel {err:.2g}")
+    # (format, what, clamp, degree, a1): float16 before tuning (scripts/tune_fit16.cpp), bfloat16 as used
+    fits = [("float16", "forward", 8.0, 11, 0.3), ("float16", "derivative", 8.0, 11, 0.1),
+            ("bfloat16", "forward", 15.0, 10, 0.1), ("bfloat16", "derivative", 15.0, 12, 100.0)]  # fmt: skip
+    for fmt, what, hi, degree, a1 in fits:
+        coefficients, err, a0 = fit_exponent16(what, hi, degree, a1)
+        print(f"{fmt} {what} on [0, {hi}], degree {degree}, a1 = {a1}: weighted max error {err:.2g} (log2 units)")
+        print("  " + " ".join(f"{v:.9g}" for v in coefficients))
+    hi = f32(float(a0))
+    print(f"a0 = {mp.nstr(a0, 20)}: hi {float(hi):.9g}f, lo {float(f32(float(a0 - mp.mpf(float(hi))))):.9g}f")
+
+
 if __name__ == "__main__":
     fit_exp()
     fit_normal_ratio()
     split_constants()
+    fit_16bit()

@@ -21,11 +21,13 @@ from gelu_ext.testing import (
     assert_compiled_matches_eager,
     assert_transforms_match,
     assert_within,
+    assert_within_one_ulp,
     available_cpu_capabilities,
     cpu_capability,
     devices,
     every_finite_float32,
     reference_tolerance,
+    ulps_apart,
 )
 
 # Shapes x memory layouts the op must handle. (129, 257) has 33,153 elements: above the CPU kernel's grain of
@@ -108,16 +110,24 @@ def test_forward_and_backward_matrix(device, dtype, shape, layout, approximate):
 @pytest.mark.parametrize("device", devices())
 @pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
-def test_half_types_are_the_float32_result_rounded(device, dtype, approximate):
-    # every finite value of the 16-bit type
-    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)
+def test_half_types_against_the_float32_result_rounded(device, dtype, approximate):
+    """float16 and bfloat16 have their own math (math::gelu_erf16, math::gelu_tanh16). In bfloat16 it and the float32
+    math rounded are both correctly rounded on every input, so they agree bit for bit; in float16 each rounds a few
+    inputs to the other side of a midpoint (tests/test_rounding16.py), so they may differ there by one ulp. The
+    backward's random grads make more such midpoints; both faithful, so still at most one ulp apart."""
+    bits = torch.arange(-(2**15), 2**15, dtype=torch.int32).to(torch.int16)  # every finite value of the type
     x = bits.view(dtype).to(device)
     x = x[x.isfinite()]
+    grad = torch.randn(x.shape, device=device, generator=torch.Generator(device).manual_seed(0)).to(dtype)
     expected = gelu_ext.gelu(x.float(), approximate).to(dtype)
-    assert torch.equal(gelu_ext.gelu(x, approximate), expected)
-    grad = torch.randn(x.shape, device=device).to(dtype)
     expected_grad = gelu_ext.gelu_backward(grad.float(), x.float(), approximate).to(dtype)
-    assert torch.equal(gelu_ext.gelu_backward(grad, x, approximate), expected_grad)
+    y, dx = gelu_ext.gelu(x, approximate), gelu_ext.gelu_backward(grad, x, approximate)
+    if dtype == torch.bfloat16:
+        assert_bitwise_equal(y, expected)
+    else:
+        assert 0 < int((ulps_apart(y, expected) != 0).sum()) <= 12  # the 16-bit math runs, and differs rarely
+    assert_within_one_ulp(y, expected)
+    assert_within_one_ulp(dx, expected_grad)
 
 
 @pytest.mark.parametrize("device", devices())

@@ -1,7 +1,9 @@
-"""The 16-bit results over every finite float16 and bfloat16 input (benchmarks/rounding16.py): faithful everywhere
-(within one ulp of the 16-bit type: issue 24's floor for any cheaper 16-bit evaluation), and, in bfloat16, correctly
-rounded everywhere for gelu and its derivative in both modes -- the float32 math's few float ulps never reach a
-bfloat16 rounding midpoint. float16 keeps 3 more bits, so a handful of its results round to the wrong side."""
+"""The 16-bit results over every finite float16 and bfloat16 input (benchmarks/rounding16.py), from the math made for
+16-bit results (math::gelu_erf16, math::gelu_tanh16): faithful everywhere (within one ulp of the 16-bit type: issue
+24's floor), and correctly rounded everywhere in bfloat16 for gelu and its derivative in both modes. float16 keeps 3
+more bits, so a handful of its results land on the wrong side of a midpoint; each count below is the measured one
+(the float32 math rounded misrounds 3 and 6 in erf mode, 5 and 1 in tanh mode), so a change that misrounds more
+fails here."""
 
 from __future__ import annotations
 
@@ -50,5 +52,12 @@ def test_every_16_bit_input(dtype, approximate, what):
     assert report["inputs"] == rounding16.every_finite(dtype).numel()
     assert report["not_faithful"] == 0, report
     assert report["worst_ulp"] < 1
+    # not correctly rounded, of 63,488 float16 inputs: erf forward 4 (2^-24, whose exact gelu is 2^-49 above a
+    # midpoint, and +-0.00133896, 2^-24.5 from theirs), erf derivative 0 (scripts/tune_fit16.cpp), tanh 5 and 1 (4
+    # without the series at the derivative's zero)
+    float16_not_nearest = {("none", "forward"): 4, ("none", "derivative"): 0, ("tanh", "forward"): 5,
+                           ("tanh", "derivative"): 1}  # fmt: skip
     if dtype == torch.bfloat16:
         assert report["not_nearest"] == 0, report
+    else:
+        assert report["not_nearest"] <= float16_not_nearest[approximate, what], report

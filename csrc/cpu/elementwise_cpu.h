@@ -40,6 +40,12 @@ namespace gelu_ext::cpu {
 template <typename scalar_t>
 using compute_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// The format results are rounded to, which the functors' math is chosen for (csrc/gelu_math.h, OutputFormat).
+template <typename scalar_t>
+constexpr OutputFormat kOutputFormat = std::is_same_v<scalar_t, c10::Half>       ? OutputFormat::kFloat16
+                                       : std::is_same_v<scalar_t, c10::BFloat16> ? OutputFormat::kBFloat16
+                                                                                 : OutputFormat::kFloat32;
+
 // ---- The loop -----------------------------------------------------------------------------------------------------
 
 // The loop asks for its inputs 2 KiB ahead of where it computes, a few lines at a time: every chunk of 256 bytes
@@ -122,7 +128,7 @@ inline __attribute__((always_inline)) void segment_loop(int64_t n, const NextSeg
   constexpr bool kPair = std::is_same_v<std::decay_t<decltype(Op::apply(static_cast<c_t>(in[0])...))>, Pair<c_t>>;
   // One element from its inputs (as compute_t values) to where its results go (stored through `store`).
   const auto element = [&](auto store, int64_t i, auto... value) __attribute__((always_inline)) {
-    const auto result = Op::apply(static_cast<c_t>(value)...);
+    const auto result = Op::template apply<kOutputFormat<scalar_t>>(static_cast<c_t>(value)...);
     if constexpr (kPair) {
       store(i, result.first, result.second);
       if constexpr (kColumnSum) column_sum[i] += result.first;

@@ -32,6 +32,12 @@ constexpr int kVectorBytes = 16;
 template <typename scalar_t>
 using compute_t = std::conditional_t<std::is_same_v<scalar_t, double>, double, float>;
 
+// The format results are rounded to, which the functors' math is chosen for (csrc/gelu_math.h, OutputFormat).
+template <typename scalar_t>
+constexpr OutputFormat kOutputFormat = std::is_same_v<scalar_t, __half>          ? OutputFormat::kFloat16
+                                       : std::is_same_v<scalar_t, __nv_bfloat16> ? OutputFormat::kBFloat16
+                                                                                 : OutputFormat::kFloat32;
+
 __device__ __forceinline__ float to_compute(float v) { return v; }
 __device__ __forceinline__ double to_compute(double v) { return v; }
 __device__ __forceinline__ float to_compute(__half v) { return __half2float(v); }
@@ -76,7 +82,7 @@ __device__ __forceinline__ void store_vector(scalar_t* p, const Vec& v) {
 // Applies Op elementwise: out = Op::apply(in0, ..., inK) for the K inputs, rounded once.
 template <class Op, typename scalar_t, typename... Inputs>
 __device__ __forceinline__ scalar_t apply_op(Inputs... inputs) {
-  return from_compute<scalar_t>(Op::apply(to_compute(inputs)...));
+  return from_compute<scalar_t>(Op::template apply<kOutputFormat<scalar_t>>(to_compute(inputs)...));
 }
 
 inline bool aligned(const void* p) { return reinterpret_cast<uintptr_t>(p) % kVectorBytes == 0; }
@@ -192,12 +198,14 @@ struct RowsArgs {
 // Op at element j of the vectors v[0..kInputs).
 template <class Op, int kInputs, typename Vec>
 __device__ __forceinline__ auto apply_at(const Vec (&v)[kInputs], int j) {
+  constexpr OutputFormat kFormat = kOutputFormat<std::remove_cv_t<std::remove_reference_t<decltype(v[0].values[0])>>>;
   if constexpr (kInputs == 3) {
-    return Op::apply(to_compute(v[0].values[j]), to_compute(v[1].values[j]), to_compute(v[2].values[j]));
+    return Op::template apply<kFormat>(to_compute(v[0].values[j]), to_compute(v[1].values[j]),
+                                       to_compute(v[2].values[j]));
   } else if constexpr (kInputs == 2) {
-    return Op::apply(to_compute(v[0].values[j]), to_compute(v[1].values[j]));
+    return Op::template apply<kFormat>(to_compute(v[0].values[j]), to_compute(v[1].values[j]));
   } else {
-    return Op::apply(to_compute(v[0].values[j]));
+    return Op::template apply<kFormat>(to_compute(v[0].values[j]));
   }
 }
 
