@@ -197,6 +197,21 @@ GELU_HOST_DEVICE float abs_clamped(float x, float limit) {
   return bit_cast<float>(a_bits < limit_bits ? a_bits : limit_bits);
 }
 
+// |x| clamped to `negative_limit` for x < 0 and to `positive_limit` for x >= 0 (bfloat16's far side in
+// gelu_erf16_derivative_times: its exponents reach further on the negative side than 2^(k + 64) can on the positive
+// one). NaN becomes positive_limit. One instruction more than abs_clamped on the device, three on the host.
+GELU_HOST_DEVICE float magnitude_clamped(float x, float negative_limit, float positive_limit) {
+#if defined(__CUDA_ARCH__)
+  return fabsf(fmaxf(fminf(x, positive_limit), -negative_limit));
+#endif
+  const int32_t x_bits = bit_cast<int32_t>(x);
+  const int32_t a_bits = x_bits & 0x7fffffff;
+  const int32_t positive_bits = bit_cast<int32_t>(positive_limit);
+  const int32_t limit_bits = positive_bits + ((x_bits >> 31) & (bit_cast<int32_t>(negative_limit) - positive_bits));
+  const int32_t nan_safe = a_bits > 0x7f800000 ? positive_bits : a_bits;
+  return bit_cast<float>(nan_safe < limit_bits ? nan_safe : limit_bits);
+}
+
 // Both modes compute g(a) = gelu(-a) (or g(a) = gelu'(-a)) for a = |x| and map it to x's side by symmetry:
 // gelu(x) - gelu(-x) = x and gelu'(x) + gelu'(-x) = 1.
 GELU_HOST_DEVICE float gelu_from_negative_side(float x, float g) {
@@ -426,10 +441,11 @@ GELU_HOST_DEVICE float exp2_scale(float shifted) { return bit_cast<float>(bit_ca
 // factor * 2^e * signed_scale_down * 2^64, for e in [-190, 0] and a normal factor: e = k + f with k = round(e) by
 // the shifter, |f| <= 1/2 exactly (Sterbenz), and 2^f's polynomial carries signed_scale_down, so factor * 2^(k+64)
 // is exact and the last multiply rounds the result once, into the subnormals if it is that small. kDegree + 5.
+// A shifter of kExp2Shifter + kFarExponent gives 2^(k + 64 + kFarExponent) instead (bfloat16's far side, below).
 template <int kDegree>
-GELU_HOST_DEVICE float exp2_times(float e, float factor, float signed_scale_down) {
-  const float shifted = e + kExp2Shifter;
-  const float f = e - (shifted - kExp2Shifter);
+GELU_HOST_DEVICE float exp2_times(float e, float factor, float signed_scale_down, float shifter = kExp2Shifter) {
+  const float shifted = e + shifter;
+  const float f = e - (shifted - shifter);
   return (factor * exp2_scale(shifted)) * exp2_poly<kDegree>(f, signed_scale_down);
 }
 
@@ -442,6 +458,8 @@ constexpr float kA0Lo = -1.21144499e-8f;  // a0 - kA0Hi
 
 struct Float16Fit {
   static constexpr float kClamp = 8.0f;
+  static constexpr float kDerivativeClamp = 8.0f;  // for x < 0 (magnitude_clamped); kClamp for x >= 0
+  static constexpr bool kFarSide = false;  // 65504 times gelu'(-8) is below float16's range: no far side
   static constexpr int kForwardExpDegree = 5;
   static constexpr int kDerivativeExpDegree = 5;
   GELU_HOST_DEVICE static float forward_exponent(float a) {  // degree 11
@@ -462,6 +480,9 @@ struct Float16Fit {
 
 struct BFloat16Fit {
   static constexpr float kClamp = 15.0f;
+  static constexpr float kDerivativeClamp = 19.5f;  // x < 0: gelu'(-19.5) = -2^-271.3, times 2^128 below 2^-134
+  static constexpr bool kFarSide = true;            // gelu_erf16_derivative_times
+  static constexpr float kFarSideStart = 13.0f;     // gelu'(-13) = -2^-119.5
   static constexpr int kForwardExpDegree = 4;
   static constexpr int kDerivativeExpDegree = 4;
   GELU_HOST_DEVICE static float forward_exponent(float a) {  // degree 10
@@ -471,11 +492,13 @@ struct BFloat16Fit {
                         -0.00111234246f, 0.00898879021f, -0.0546169989f, -0.458083004f, -1.15129685f),
                  -1.0f);
   }
-  GELU_HOST_DEVICE static float derivative_exponent(float a) {  // degree 12
-    return horner(a,
-                  2.20749612e-12f, -2.19958468e-10f, 9.79136239e-9f, -2.57446061e-7f, 4.45863407e-6f,
-                  -5.37863307e-5f, 0.000467320206f, -0.00299489428f, 0.0144699384f, -0.0540146753f, -0.561386883f,
-                  -0.382980645f, -0.588414311f);
+  // degree 13 in a - 9.75 on [0, kDerivativeClamp]: D reaches -275 there, and in a the terms of D would cancel by
+  // thousands, their float coefficients then 2^-8 off at a = 18 (scripts/fit_gelu_math.py, centered)
+  GELU_HOST_DEVICE static float derivative_exponent(float a) {
+    return horner(a - 9.75f,
+                  -4.39601765e-14f, 2.89449725e-13f, 9.83787357e-12f, -4.20884404e-11f, -1.06058407e-09f,
+                  3.55096819e-09f, 4.6973625e-08f, -4.42509354e-08f, -1.93346023e-06f, 8.34428556e-06f,
+                  -6.28553753e-05f, -0.720503986f, -14.0756025f, -69.7981796f);
   }
 };
 
@@ -503,12 +526,30 @@ GELU_HOST_DEVICE float gelu_erf16_times(float x, float m) {
   return a < kSmallGate ? gelu_erf_small_times(x, m) : product;  // NaN x: a is the clamp, product is NaN
 }
 
-template <class Fit>
-GELU_HOST_DEVICE float gelu_erf16_derivative(float x) {
-  const float a = abs_clamped(x, Fit::kClamp);
+// grad * gelu'(x) (gelu_backward). bfloat16 shares float's exponent range, so a grad up to 2^128 times a gelu' down
+// to 2^-262 (x = -19.1) is a bfloat16 result, where gelu' alone is below float's range. On that far side (x below
+// -kFarSideStart, where gelu' < 2^-119) g is formed times 2^kFarExponent (the shifter's offset: the 2^(k + 64)
+// factor would underflow) and grad times 2^-kFarExponent, so their product rounds once. That costs grad's low bits
+// below 2^-149, an absolute error under |g| 2^-24 <= 2^-143, below half of bfloat16's smallest subnormal (2^-134).
+// float16's largest grad times gelu'(-8) is below its range, so it has no far side. Cost: 4 on the far side's format.
+constexpr int kFarExponent = 126;  // g(a) < 2^-2, so g 2^126 stays finite
+constexpr float kFarUnscale = 0x1p-126f;
+
+// kFarSide = false leaves it out (geglu's backward, GegluBackward: there it would cost more than gelu's backward).
+template <class Fit, bool kFarSide = Fit::kFarSide>
+GELU_HOST_DEVICE float gelu_erf16_derivative_times(float x, float grad) {
+  const float a = kFarSide ? magnitude_clamped(x, Fit::kDerivativeClamp, Fit::kClamp) : abs_clamped(x, Fit::kClamp);
   const float to_zero = (kA0Hi - a) + kA0Lo;  // a0 - a: the first difference is exact for a in [a0/2, 2 a0]
-  const float g = exp2_times<Fit::kDerivativeExpDegree>(Fit::derivative_exponent(a), to_zero, kScaleDown);
-  return derivative_from_negative_side(x, g);
+  const float e = Fit::derivative_exponent(a);
+  if constexpr (kFarSide) {
+    const bool far = x < -Fit::kFarSideStart;  // NaN: not far (a is the clamp, NaN propagates through x)
+    const float g = exp2_times<Fit::kDerivativeExpDegree>(e, to_zero, kScaleDown,
+                                                          far ? kExp2Shifter + kFarExponent : kExp2Shifter);
+    return derivative_from_negative_side(x, g) * (far ? grad * kFarUnscale : grad);
+  } else {
+    const float g = exp2_times<Fit::kDerivativeExpDegree>(e, to_zero, kScaleDown);
+    return derivative_from_negative_side(x, g) * grad;
+  }
 }
 
 // The tanh mode for 16-bit results: the float path's formulas, g(a) = -a e / (1 + e) and its derivative
@@ -521,7 +562,7 @@ GELU_HOST_DEVICE float gelu_erf16_derivative(float x) {
 //     65,280 bfloat16 gelu and gelu' results misrounded, 5 and 4 of 63,488 in float16, as the float path's 5 and 1).
 // One evaluation serves both 16-bit formats: the float path's clamp (11) covers bfloat16's range, and float16
 // results beyond |x| = 7 round to 0 or x anyway. Cost: forward 21 + the clamp, against the float path's 36 + a
-// division; the derivative 7 more for its zero (gelu_tanh16_derivative).
+// division; float16's derivative 7 more for its zero (gelu_tanh16_derivative_times).
 constexpr float kTanhY1 = -2.30220819f;   // -C1 log2(e)
 constexpr float kTanhY3 = -0.102943242f;  // -C1 kappa log2(e)
 
@@ -541,11 +582,11 @@ struct Tanh16Parts {
   float inv;    // 1 / (1 + e)
 };
 
-GELU_HOST_DEVICE Tanh16Parts tanh16_parts(float a) {
+GELU_HOST_DEVICE Tanh16Parts tanh16_parts(float a, float shifter = kExp2Shifter) {
   const float t = fma_f(a * a, kTanhY3, kTanhY1);
-  const float shifted = fma_f(a, t, kExp2Shifter);
+  const float shifted = fma_f(a, t, shifter);
   const float scale = exp2_scale(shifted);
-  const float p = exp2_poly<5>(fma_f(a, t, -(shifted - kExp2Shifter)), kScaleDown);
+  const float p = exp2_poly<5>(fma_f(a, t, -(shifted - shifter)), kScaleDown);
   return {scale, p, reciprocal_1_to_2(fma_f(p, scale, 1.0f))};
 }
 
@@ -573,14 +614,28 @@ constexpr float kTanhA0Hi = 0.752461433f;
 constexpr float kTanhA0Lo = -1.13396279e-8f;
 constexpr float kTanhNearZero = 0.0625f;
 
-GELU_HOST_DEVICE float gelu_tanh16_derivative(float x) {
-  const float a = abs_clamped(x, kTanhClamp);
-  const Tanh16Parts t = tanh16_parts(a);
+// grad * gelu'(x), with bfloat16's far side as in gelu_erf16_derivative_times (kFarSide): below x = -10, where
+// gelu' < 2^-118, e = 2^y < 2^-126 leaves 1 / (1 + e) = 1, and 2^(k + 64) would underflow (y reaches -277 at the
+// clamp 13.375, where gelu' = -2^-268 and a grad of 2^128 leaves a product below 2^-134). Cost: 5 on the far side.
+constexpr float kTanh16DerivativeClamp = 13.375f;
+constexpr float kTanhFarSideStart = 10.0f;
+
+// The zero's series is float16's: bfloat16's inputs nearest to a0 (0.75, 0.753906) have |h| >= 0.0047, where the
+// plain form's 2^-23 is 2^-15 of h, and every bfloat16 gelu' is correctly rounded without it.
+template <OutputFormat kFormat, bool kFarSide = kFormat == OutputFormat::kBFloat16>
+GELU_HOST_DEVICE float gelu_tanh16_derivative_times(float x, float grad) {
+  const float a = kFarSide ? magnitude_clamped(x, kTanh16DerivativeClamp, kTanhClamp) : abs_clamped(x, kTanhClamp);
+  const bool far = kFarSide && x < -kTanhFarSideStart;  // NaN: not far
+  const Tanh16Parts t = tanh16_parts(a, far ? kExp2Shifter + kFarExponent : kExp2Shifter);
+  const float inv = far ? 1.0f : t.inv;  // t.inv is 1 / (1 + e 2^126) there
   const float a_ds = a * fma_f(k3C2, a * a, kC1Hi);
-  const float delta = (a - kTanhA0Hi) - kTanhA0Lo;
-  const float series = delta * fma_f(fma_f(-6.16051361e-2f, delta, -8.16318497e-1f), delta, -1.90459912f);
-  const float h = fabsf(delta) < kTanhNearZero ? series : fma_f(-a_ds, t.inv, 1.0f);  // 1 - a s' inv
-  return derivative_from_negative_side(x, ((t.inv * h) * t.scale) * t.p);
+  float h = fma_f(-a_ds, inv, 1.0f);  // 1 - a s' inv
+  if constexpr (kFormat == OutputFormat::kFloat16) {
+    const float delta = (a - kTanhA0Hi) - kTanhA0Lo;
+    const float series = delta * fma_f(fma_f(-6.16051361e-2f, delta, -8.16318497e-1f), delta, -1.90459912f);
+    h = fabsf(delta) < kTanhNearZero ? series : h;
+  }
+  return derivative_from_negative_side(x, ((inv * h) * t.scale) * t.p) * (far ? grad * kFarUnscale : grad);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -656,13 +711,16 @@ struct GeluForward {
   }
 };
 
+// bfloat16's far side (math::gelu_erf16_derivative_times) is on unless kFarSide is false, as in GegluBackward.
 template <Approximate kMode>
 struct GeluBackward {
-  template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
+  template <OutputFormat kFormat = OutputFormat::kFloat32, bool kFarSide = true, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t grad, compute_t x) {
     if constexpr (kUses16BitMath<kFormat, compute_t>) {
-      return grad * (kMode == Approximate::kTanh ? math::gelu_tanh16_derivative(x)
-                                                 : math::gelu_erf16_derivative<math::Fit16<kFormat>>(x));
+      constexpr bool kFar = kFarSide && kFormat == OutputFormat::kBFloat16;
+      return kMode == Approximate::kTanh
+                 ? math::gelu_tanh16_derivative_times<kFormat, kFar>(x, grad)
+                 : math::gelu_erf16_derivative_times<math::Fit16<kFormat>, kFar>(x, grad);
     } else {
       return grad * (kMode == Approximate::kTanh ? math::gelu_tanh_derivative(x) : math::gelu_erf_derivative(x));
     }
@@ -707,11 +765,14 @@ struct GegluForward {
 };
 
 // (grad_gate, grad_up) = (grad * up * gelu'(gate), grad * gelu(gate)): both from one read of the three inputs.
+// Without bfloat16's far side: with it, the derivative's and the product's parts differ (clamp, shifter), so the
+// device compiler no longer shares them (82 instead of 65 instructions per bfloat16 element in tanh mode), and
+// grad * up, a float product of two bfloat16 values, overflows float long before the far side would matter.
 template <Approximate kMode>
 struct GegluBackward {
   template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static Pair<compute_t> apply(compute_t grad, compute_t gate, compute_t up) {
-    return {GeluBackward<kMode>::template apply<kFormat>(grad * up, gate),
+    return {GeluBackward<kMode>::template apply<kFormat, false>(grad * up, gate),
             GegluForward<kMode>::template apply<kFormat>(gate, grad)};
   }
 };

@@ -149,8 +149,10 @@ def fit_exp2(degree):
     return (chebyshev.cheb2poly(c) * 2.0 ** np.arange(degree))[::-1], err
 
 
-def fit_exponent16(what, hi, degree, a1):
-    """E (what = "forward", E = -1 + a Q) or D ("derivative") on [0, hi]; coefficients highest degree first."""
+def fit_exponent16(what, hi, degree, a1, centered=False):
+    """E (what = "forward", E = -1 + a Q) or D ("derivative") on [0, hi]; coefficients highest degree first, in a or,
+    if centered, in u = a - hi / 2 (bfloat16's D reaches -275 at a = 19.5: in a, its monomial terms cancel by
+    thousands and float coefficients lose 2^-8 of the result; in u they stay small)."""
     sqrt2 = mp.sqrt(2)
     phi_minus = lambda a: mp.erfc(a / sqrt2) / 2  # noqa: E731  Phi(-a)
     derivative = lambda a: phi_minus(a) - a * mp.exp(-a * a / 2) / mp.sqrt(2 * mp.pi)  # noqa: E731  gelu'(-a)
@@ -163,6 +165,10 @@ def fit_exponent16(what, hi, degree, a1):
     else:  # D's error weighted by 1 / (a + a1)
         target = np.array([float(mp.log(derivative(mp.mpf(v)) / (a0 - v), 2)) for v in a])
         c, err = _cheb_lawson(a / hi * 2 - 1, target, degree, 1 / (a + a1), 80)
+    if centered:
+        from numpy.polynomial import chebyshev
+
+        return [float(f32(v)) for v in (chebyshev.cheb2poly(c) * (2.0 / hi) ** np.arange(len(c)))[::-1]], err, a0
     return [float(f32(v)) for v in _monomial(c, hi)[::-1]], err, a0
 
 
@@ -170,12 +176,13 @@ def fit_16bit():
     for degree in (4, 5):
         u, err = fit_exp2(degree)
         print(f"2^f, degree {degree}: u = {', '.join(f'{float(f32(v)):.9g}f' for v in u)}, max rel {err:.2g}")
-    # (format, what, clamp, degree, a1): float16 before tuning (scripts/tune_fit16.cpp), bfloat16 as used
-    fits = [("float16", "forward", 8.0, 11, 0.3), ("float16", "derivative", 8.0, 11, 0.1),
-            ("bfloat16", "forward", 15.0, 10, 0.1), ("bfloat16", "derivative", 15.0, 12, 100.0)]  # fmt: skip
-    for fmt, what, hi, degree, a1 in fits:
-        coefficients, err, a0 = fit_exponent16(what, hi, degree, a1)
-        print(f"{fmt} {what} on [0, {hi}], degree {degree}, a1 = {a1}: weighted max error {err:.2g} (log2 units)")
+    # (format, what, clamp, degree, a1, centered): float16 before tuning (scripts/tune_fit16.cpp), bfloat16 as used
+    fits = [("float16", "forward", 8.0, 11, 0.3, False), ("float16", "derivative", 8.0, 11, 0.1, False),
+            ("bfloat16", "forward", 15.0, 10, 0.1, False), ("bfloat16", "derivative", 19.5, 13, 3.0, True)]  # fmt: skip
+    for fmt, what, hi, degree, a1, centered in fits:
+        coefficients, err, a0 = fit_exponent16(what, hi, degree, a1, centered)
+        variable = f"a - {hi / 2}" if centered else "a"
+        print(f"{fmt} {what} on [0, {hi}] in {variable}, degree {degree}, a1 = {a1}: weighted max error {err:.2g}")
         print("  " + " ".join(f"{v:.9g}" for v in coefficients))
     hi = f32(float(a0))
     print(f"a0 = {mp.nstr(a0, 20)}: hi {float(hi):.9g}f, lo {float(f32(float(a0 - mp.mpf(float(hi))))):.9g}f")

@@ -61,3 +61,25 @@ def test_every_16_bit_input(dtype, approximate, what):
         assert report["not_nearest"] == 0, report
     else:
         assert report["not_nearest"] <= float16_not_nearest[approximate, what], report
+
+
+@pytest.mark.parametrize("approximate", ["none", "tanh"])
+def test_bfloat16_gelu_backward_is_faithful_for_huge_grads_where_gelu_prime_is_below_float_range(approximate):
+    # bfloat16 has float's exponent range: grad = 2^127 times gelu'(-18) = -2^-233 is -2^-106, a normal bfloat16, while
+    # gelu'(-18) alone underflows float (the far side of math::gelu_erf16_derivative_times). Every bfloat16 x in the
+    # negative tail, times every power of two a bfloat16 grad can be (both signs), the largest grad and one with a
+    # mantissa: faithful everywhere (without the far side: 7,766 / 5,172 not faithful here).
+    import gelu_ext
+    from gelu_ext.reference import gelu_derivative
+
+    x = rounding16.every_finite(torch.bfloat16)
+    x = x[(x.float() < -7.0) & (x.float() > -40.0)]
+    magnitudes = [2.0**k for k in range(-133, 128)] + [3.3895313892515355e38, 1.5 * 2.0**100]
+    grads = torch.tensor(magnitudes + [-m for m in magnitudes], dtype=torch.bfloat16)
+    assert torch.isfinite(grads.float()).all() and grads.float().abs().min() == 2.0**-133
+    grad, xs = (t.reshape(-1) for t in torch.broadcast_tensors(grads[:, None], x[None, :]))
+    result = gelu_ext.ops.gelu_backward(grad, xs, approximate=approximate)
+    exact = grad.to(torch.float64) * gelu_derivative(xs.to(torch.float64), approximate)
+    report = rounding16.rounding_report(result, exact)
+    assert report["not_faithful"] == 0, (report, float(xs[report["worst_at"]]), float(grad[report["worst_at"]]))
+    assert (result.float() != 0).sum() > 10_000  # the far side's products are there, not only zeros
