@@ -458,8 +458,8 @@ constexpr float kA0Lo = -1.21144499e-8f;  // a0 - kA0Hi
 
 struct Float16Fit {
   static constexpr float kClamp = 8.0f;
-  static constexpr float kDerivativeClamp = 8.0f;  // for x < 0 (magnitude_clamped); kClamp for x >= 0
   static constexpr bool kFarSide = false;  // 65504 times gelu'(-8) is below float16's range: no far side
+  static constexpr float kDerivativeClamp = kClamp;  // the far side's clamp: the same without one
   static constexpr int kForwardExpDegree = 5;
   static constexpr int kDerivativeExpDegree = 5;
   GELU_HOST_DEVICE static float forward_exponent(float a) {  // degree 11
@@ -531,7 +531,8 @@ GELU_HOST_DEVICE float gelu_erf16_times(float x, float m) {
 // -kFarSideStart, where gelu' < 2^-119) g is formed times 2^kFarExponent (the shifter's offset: the 2^(k + 64)
 // factor would underflow) and grad times 2^-kFarExponent, so their product rounds once. That costs grad's low bits
 // below 2^-149, an absolute error under |g| 2^-24 <= 2^-143, below half of bfloat16's smallest subnormal (2^-134).
-// float16's largest grad times gelu'(-8) is below its range, so it has no far side. Cost: 4 on the far side's format.
+// float16's largest grad times gelu'(-8) is below its range, so it has no far side. Cost: 4, and 2 for D's longer
+// fit.
 constexpr int kFarExponent = 126;  // g(a) < 2^-2, so g 2^126 stays finite
 constexpr float kFarUnscale = 0x1p-126f;
 
@@ -622,7 +623,7 @@ constexpr float kTanhFarSideStart = 10.0f;
 
 // The zero's series is float16's: bfloat16's inputs nearest to a0 (0.75, 0.753906) have |h| >= 0.0047, where the
 // plain form's 2^-23 is 2^-15 of h, and every bfloat16 gelu' is correctly rounded without it.
-template <OutputFormat kFormat, bool kFarSide = kFormat == OutputFormat::kBFloat16>
+template <OutputFormat kFormat, bool kFarSide = Fit16<kFormat>::kFarSide>
 GELU_HOST_DEVICE float gelu_tanh16_derivative_times(float x, float grad) {
   const float a = kFarSide ? magnitude_clamped(x, kTanh16DerivativeClamp, kTanhClamp) : abs_clamped(x, kTanhClamp);
   const bool far = kFarSide && x < -kTanhFarSideStart;  // NaN: not far
@@ -717,7 +718,7 @@ struct GeluBackward {
   template <OutputFormat kFormat = OutputFormat::kFloat32, bool kFarSide = true, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t grad, compute_t x) {
     if constexpr (kUses16BitMath<kFormat, compute_t>) {
-      constexpr bool kFar = kFarSide && kFormat == OutputFormat::kBFloat16;
+      constexpr bool kFar = kFarSide && math::Fit16<kFormat>::kFarSide;
       return kMode == Approximate::kTanh
                  ? math::gelu_tanh16_derivative_times<kFormat, kFar>(x, grad)
                  : math::gelu_erf16_derivative_times<math::Fit16<kFormat>, kFar>(x, grad);
@@ -766,8 +767,8 @@ struct GegluForward {
 
 // (grad_gate, grad_up) = (grad * up * gelu'(gate), grad * gelu(gate)): both from one read of the three inputs.
 // Without bfloat16's far side: with it, the derivative's and the product's parts differ (clamp, shifter), so the
-// device compiler no longer shares them (82 instead of 65 instructions per bfloat16 element in tanh mode), and
-// grad * up, a float product of two bfloat16 values, overflows float long before the far side would matter.
+// device compiler no longer shares them (82 instead of 58 instructions per bfloat16 element in tanh mode). So a
+// grad * up above ~2^15 times a gelu'(gate) below float's range still loses the product (docs/accuracy.md).
 template <Approximate kMode>
 struct GegluBackward {
   template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
