@@ -235,10 +235,11 @@ constexpr float kProductScaleDown = 0x1p-16f;  // kScaleDown * 2^48: times_exp t
 constexpr float kProductUnscale = 0x1p-48f;
 constexpr float kSmallFactor = 0x1p-78f;
 
-GELU_HOST_DEVICE float product_from_negative_side(float x, float g_scaled, float m) {
-  const float negative_side =
-      fabsf(m) >= kSmallFactor ? g_scaled * (m * kProductUnscale) : (g_scaled * kProductUnscale) * m;
-  return x < 0.0f ? negative_side : (x + g_scaled * kProductUnscale) * m;  // NaN x: NaN
+// `unscale` undoes g_scaled's scale: 2^-48, or bfloat16's far side's 2^-126 (gelu_erf16_times).
+GELU_HOST_DEVICE float product_from_negative_side(float x, float g_scaled, float m,
+                                                  float unscale = kProductUnscale) {
+  const float negative_side = fabsf(m) >= kSmallFactor ? g_scaled * (m * unscale) : (g_scaled * unscale) * m;
+  return x < 0.0f ? negative_side : (x + g_scaled * unscale) * m;  // NaN x: NaN
 }
 
 // The erf mode's parts at a = |x| <= 15:  Phi(-a) = exp(-a^2/2) R(a),  R(a) = erfcx(a/sqrt 2) / 2.
@@ -500,6 +501,16 @@ struct BFloat16Fit {
                   3.55096819e-09f, 4.6973625e-08f, -4.42509354e-08f, -1.93346023e-06f, 8.34428556e-06f,
                   -6.28553753e-05f, -0.720503986f, -14.0756025f, -69.7981796f);
   }
+  // geglu's E on [0, kDerivativeClamp] (its far side, gelu_erf16_times): degree 11, Q = (E + 1) / a in a - 9.75 as
+  // D above. gelu alone keeps forward_exponent: beyond a = 15 it rounds to -0, and the shorter fit is 2 cheaper.
+  GELU_HOST_DEVICE static float product_exponent(float a) {
+    return fma_f(a,
+                 horner(a - 9.75f,
+                        -1.4689904e-12f, 4.03460633e-11f, -3.86319254e-10f, 2.59266653e-09f, -4.32294129e-08f,
+                        7.19987838e-07f, -9.40480095e-06f, 0.000122094352f, -0.00165173609f, -0.698076963f,
+                        -7.40503263f),
+                 -1.0f);
+  }
 };
 
 template <OutputFormat kFormat>
@@ -515,17 +526,6 @@ GELU_HOST_DEVICE float gelu_erf16(float x) {
   return gelu_from_negative_side(x, exp2_times<Fit::kForwardExpDegree>(Fit::forward_exponent(a), a, -kScaleDown));
 }
 
-// gelu(x) * m, the product rounded once where gelu(x) is tiny (product_from_negative_side), and from the series below
-// |x| = 1/8 as in float (gelu_erf_small_times): there the product's scaled factor m 2^-48 would lose the bits of a
-// tiny m (|m| < 2^-78), which the series, with no scaling, keeps.
-template <class Fit>
-GELU_HOST_DEVICE float gelu_erf16_times(float x, float m) {
-  const float a = abs_clamped(x, Fit::kClamp);
-  const float g_scaled = exp2_times<Fit::kForwardExpDegree>(Fit::forward_exponent(a), a, -kProductScaleDown);
-  const float product = product_from_negative_side(x, a < Fit::kClamp ? g_scaled : -0.0f, m);
-  return a < kSmallGate ? gelu_erf_small_times(x, m) : product;  // NaN x: a is the clamp, product is NaN
-}
-
 // grad * gelu'(x) (gelu_backward). bfloat16 shares float's exponent range, so a grad up to 2^128 times a gelu' down
 // to 2^-262 (x = -19.1) is a bfloat16 result, where gelu' alone is below float's range. On that far side (x below
 // -kFarSideStart, where gelu' < 2^-119) g is formed times 2^kFarExponent (the shifter's offset: the 2^(k + 64)
@@ -536,9 +536,70 @@ GELU_HOST_DEVICE float gelu_erf16_times(float x, float m) {
 constexpr int kFarExponent = 126;  // g(a) < 2^-2, so g 2^126 stays finite
 constexpr float kFarUnscale = 0x1p-126f;
 
-// kFarSide = false leaves it out (geglu's backward, GegluBackward: there it would cost more than gelu's backward).
+// geglu's backward: grad_gate = (grad up) gelu'(gate), where grad up leaves float's range before the product does
+// (bfloat16 and float32 factors reach 2^128 each: grad = up = 2^100 at gate = -5 is 2^200 gelu'(-5) = -2^180.6,
+// beyond float, but at gate = -12 it is -2^99.7, which grad up formed first would make -inf). Where
+// |grad up| >= 2^120 (infinity included), the factor is carried as grad up 2^-128 instead, formed as
+// (grad 2^-64) (up 2^-64): each is >= 2^-8 there (the other is <= 2^128), so for 16-bit factors both steps are exact
+// and the product (16 bits) is exact and normal, below 2^128. times_derivative puts the 2^128 back after the product
+// with gelu'. Not for float16 (|grad up| < 2^32).
+constexpr float kLargeFactor = 0x1p120f;
+
+struct Factor {
+  float value;  // grad up, or grad up 2^-128 where large
+  bool large;
+};
+
+GELU_HOST_DEVICE Factor factor_of(float grad, float up) {
+  const float product = grad * up;
+  const bool large = fabsf(product) >= kLargeFactor;  // NaN: not large, and NaN propagates
+  return {large ? (grad * 0x1p-64f) * (up * 0x1p-64f) : product, large};
+}
+
+// gelu' times a factor, each with its scale: the derivative is gelu' 2^126 on bfloat16's far side (`far`), and a
+// large factor is 2^-128 of its value (factor_of). Not large: as gelu_backward, derivative (factor 2^-126) on the far
+// side, one rounding. Large, near side: gelu' >= 2^-119.5 (else it is far) and the factor >= 2^-8, so their product is
+// >= 2^-127.5 (21 bits) before 2^64 2^64 restores it, finite exactly where the result is. Large, far side:
+// ((gelu' 2^126) (factor 2^-128)) 4, whose product is subnormal only where the result is below 2^-132 (12 or more
+// bits left: a bfloat16 subnormal has at most 2). With large = false (a constant) it folds to gelu_backward's form.
+GELU_HOST_DEVICE float times_derivative(float derivative, bool far, float factor, bool large) {
+  const float product = derivative * (far && !large ? factor * kFarUnscale : factor);
+  return large ? (product * (far ? 4.0f : 0x1p64f)) * (far ? 1.0f : 0x1p64f) : product;
+}
+
+// gelu(x) * m, the product rounded once where gelu(x) is tiny (product_from_negative_side), and from the series below
+// |x| = 1/8 as in float (gelu_erf_small_times): there the product's scaled factor m 2^-48 would lose the bits of a
+// tiny m (|m| < 2^-78), which the series, with no scaling, keeps.
+// bfloat16's far side: an up as large as 2^128 times a gelu(gate) down to 2^-262 (gate = -19.0) is a bfloat16
+// result, where g(a) 2^48 would underflow (2^-164 at a = 15). Below gate = -kFarSideStart, g is formed times
+// 2^kFarExponent instead (the shifter's offset, as in gelu_erf16_derivative_times, and from the longer fit
+// product_exponent) and m times 2^-kFarExponent: the lost bits of m are an absolute error below |g| 2^(126-150) 2^-126
+// <= 2^-147, under half of bfloat16's smallest subnormal. The scale 2^48 of the near side moves into the shifter
+// too (2^(k + 64 + 48) a is exact and normal for a <= 15), so both sides share one exp2_times. Cost: 8.
 template <class Fit, bool kFarSide = Fit::kFarSide>
-GELU_HOST_DEVICE float gelu_erf16_derivative_times(float x, float grad) {
+GELU_HOST_DEVICE float gelu_erf16_times(float x, float m) {
+  if constexpr (kFarSide) {
+    const float a = magnitude_clamped(x, Fit::kDerivativeClamp, Fit::kClamp);
+    const bool far = x < -Fit::kFarSideStart;  // NaN: not far
+    const float g_scaled = exp2_times<Fit::kForwardExpDegree>(
+        Fit::product_exponent(a), a, -kScaleDown, kExp2Shifter + (far ? kFarExponent : 48));
+    const float product = product_from_negative_side(x, a < Fit::kDerivativeClamp ? g_scaled : -0.0f, m,
+                                                     far ? kFarUnscale : kProductUnscale);
+    return a < kSmallGate ? gelu_erf_small_times(x, m) : product;
+  } else {
+    const float a = abs_clamped(x, Fit::kClamp);
+    const float g_scaled = exp2_times<Fit::kForwardExpDegree>(Fit::forward_exponent(a), a, -kProductScaleDown);
+    const float product = product_from_negative_side(x, a < Fit::kClamp ? g_scaled : -0.0f, m);
+    return a < kSmallGate ? gelu_erf_small_times(x, m) : product;  // NaN x: a is the clamp, product is NaN
+  }
+}
+
+// `grad` may be geglu's large factor (`large`: factor_of, times_derivative). From the clamp on (x <= -19.5), gelu' is
+// then -0: the clamp's value times a factor up to 2^256 would give up to 2^-15.3 at any x below, where the exact
+// value falls to 0 (2^-15.3 at x = -19.5 itself, 2^-29 at -20: docs/accuracy.md). A grad alone, up to 2^128, gives a
+// result that rounds to 0 at the clamp's value.
+template <class Fit, bool kFarSide = Fit::kFarSide>
+GELU_HOST_DEVICE float gelu_erf16_derivative_times(float x, float grad, bool large = false) {
   const float a = kFarSide ? magnitude_clamped(x, Fit::kDerivativeClamp, Fit::kClamp) : abs_clamped(x, Fit::kClamp);
   const float to_zero = (kA0Hi - a) + kA0Lo;  // a0 - a: the first difference is exact for a in [a0/2, 2 a0]
   const float e = Fit::derivative_exponent(a);
@@ -546,10 +607,11 @@ GELU_HOST_DEVICE float gelu_erf16_derivative_times(float x, float grad) {
     const bool far = x < -Fit::kFarSideStart;  // NaN: not far (a is the clamp, NaN propagates through x)
     const float g = exp2_times<Fit::kDerivativeExpDegree>(e, to_zero, kScaleDown,
                                                           far ? kExp2Shifter + kFarExponent : kExp2Shifter);
-    return derivative_from_negative_side(x, g) * (far ? grad * kFarUnscale : grad);
+    const float g_in_range = large && !(a < Fit::kDerivativeClamp) ? -0.0f : g;
+    return times_derivative(derivative_from_negative_side(x, g_in_range), far, grad, large);
   } else {
     const float g = exp2_times<Fit::kDerivativeExpDegree>(e, to_zero, kScaleDown);
-    return derivative_from_negative_side(x, g) * grad;
+    return times_derivative(derivative_from_negative_side(x, g), false, grad, large);
   }
 }
 
@@ -598,14 +660,6 @@ GELU_HOST_DEVICE float gelu_tanh16(float x) {
   return gelu_from_negative_side(x, ((a * t.scale) * -t.inv) * t.p);
 }
 
-GELU_HOST_DEVICE float gelu_tanh16_times(float x, float m) {
-  const float a = abs_clamped(x, kTanhClamp);
-  const Tanh16Parts t = tanh16_parts(a);
-  const float g_scaled = ((a * t.scale) * -t.inv) * (t.p * 0x1p48f);  // g(a) 2^48 (product_from_negative_side)
-  const float product = product_from_negative_side(x, a < kTanhClamp ? g_scaled : -0.0f, m);
-  return a < kTinyGate ? x * (m * 0.5f) : product;
-}
-
 // The derivative's factor h(a) = 1 - a s' inv vanishes at a0 = 0.75246 (gelu_tanh'(-a0) = 0), where 1 - a s' inv
 // cancels: its absolute error, ~2^-23, is relative to h, which is 3.8e-5 at float16's input nearest to a0 (-0.752441)
 // and made that result unfaithful for large grads (2.8 ulp at grad 14). Within |a - a0| < 1/16, h is its cubic
@@ -621,10 +675,25 @@ constexpr float kTanhNearZero = 0.0625f;
 constexpr float kTanh16DerivativeClamp = 13.375f;
 constexpr float kTanhFarSideStart = 10.0f;
 
+// bfloat16's far side as in gelu_erf16_times, below gate = -kTanhFarSideStart (g(10) = -2^-122.6), to the
+// derivative's clamp (g(-13.375) = -2^-273): there e < 2^-122 leaves 1 / (1 + e) = 1. Cost: 5.
+template <OutputFormat kFormat, bool kFarSide = Fit16<kFormat>::kFarSide>
+GELU_HOST_DEVICE float gelu_tanh16_times(float x, float m) {
+  const float clamp = kFarSide ? kTanh16DerivativeClamp : kTanhClamp;
+  const float a = kFarSide ? magnitude_clamped(x, kTanh16DerivativeClamp, kTanhClamp) : abs_clamped(x, kTanhClamp);
+  const bool far = kFarSide && x < -kTanhFarSideStart;  // NaN: not far
+  const Tanh16Parts t = tanh16_parts(a, far ? kExp2Shifter + kFarExponent : kExp2Shifter);
+  // g(a) 2^48 (product_from_negative_side), or g(a) 2^126 on the far side
+  const float g_scaled = ((a * t.scale) * -(far ? 1.0f : t.inv)) * (t.p * (far ? 1.0f : 0x1p48f));
+  const float product =
+      product_from_negative_side(x, a < clamp ? g_scaled : -0.0f, m, far ? kFarUnscale : kProductUnscale);
+  return a < kTinyGate ? x * (m * 0.5f) : product;
+}
+
 // The zero's series is float16's: bfloat16's inputs nearest to a0 (0.75, 0.753906) have |h| >= 0.0047, where the
 // plain form's 2^-23 is 2^-15 of h, and every bfloat16 gelu' is correctly rounded without it.
 template <OutputFormat kFormat, bool kFarSide = Fit16<kFormat>::kFarSide>
-GELU_HOST_DEVICE float gelu_tanh16_derivative_times(float x, float grad) {
+GELU_HOST_DEVICE float gelu_tanh16_derivative_times(float x, float grad, bool large = false) {
   const float a = kFarSide ? magnitude_clamped(x, kTanh16DerivativeClamp, kTanhClamp) : abs_clamped(x, kTanhClamp);
   const bool far = kFarSide && x < -kTanhFarSideStart;  // NaN: not far
   const Tanh16Parts t = tanh16_parts(a, far ? kExp2Shifter + kFarExponent : kExp2Shifter);
@@ -636,7 +705,9 @@ GELU_HOST_DEVICE float gelu_tanh16_derivative_times(float x, float grad) {
     const float series = delta * fma_f(fma_f(-6.16051361e-2f, delta, -8.16318497e-1f), delta, -1.90459912f);
     h = fabsf(delta) < kTanhNearZero ? series : h;
   }
-  return derivative_from_negative_side(x, ((inv * h) * t.scale) * t.p) * (far ? grad * kFarUnscale : grad);
+  const float g = ((inv * h) * t.scale) * t.p;
+  const float g_in_range = large && !(a < kTanh16DerivativeClamp) ? -0.0f : g;  // as gelu_erf16_derivative_times
+  return times_derivative(derivative_from_negative_side(x, g_in_range), far, grad, large);
 }
 
 // ---------------------------------------------------------------------------------------------------------
@@ -712,19 +783,33 @@ struct GeluForward {
   }
 };
 
-// bfloat16's far side (math::gelu_erf16_derivative_times) is on unless kFarSide is false, as in GegluBackward.
 template <Approximate kMode>
 struct GeluBackward {
-  template <OutputFormat kFormat = OutputFormat::kFloat32, bool kFarSide = true, typename compute_t>
+  template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t grad, compute_t x) {
     if constexpr (kUses16BitMath<kFormat, compute_t>) {
-      constexpr bool kFar = kFarSide && math::Fit16<kFormat>::kFarSide;
-      return kMode == Approximate::kTanh
-                 ? math::gelu_tanh16_derivative_times<kFormat, kFar>(x, grad)
-                 : math::gelu_erf16_derivative_times<math::Fit16<kFormat>, kFar>(x, grad);
+      return kMode == Approximate::kTanh ? math::gelu_tanh16_derivative_times<kFormat>(x, grad)
+                                         : math::gelu_erf16_derivative_times<math::Fit16<kFormat>>(x, grad);
     } else {
-      return grad * (kMode == Approximate::kTanh ? math::gelu_tanh_derivative(x) : math::gelu_erf_derivative(x));
+      return grad * derivative(x);
     }
+  }
+
+  // geglu's factor grad up, large or not (math::factor_of), times gelu'(x), in float arithmetic.
+  template <OutputFormat kFormat>
+  GELU_HOST_DEVICE static float apply(math::Factor factor, float x) {
+    if constexpr (kFormat != OutputFormat::kFloat32) {
+      return kMode == Approximate::kTanh
+                 ? math::gelu_tanh16_derivative_times<kFormat>(x, factor.value, factor.large)
+                 : math::gelu_erf16_derivative_times<math::Fit16<kFormat>>(x, factor.value, factor.large);
+    } else {
+      return math::times_derivative(derivative(x), false, factor.value, factor.large);
+    }
+  }
+
+  template <typename compute_t>
+  GELU_HOST_DEVICE static compute_t derivative(compute_t x) {
+    return kMode == Approximate::kTanh ? math::gelu_tanh_derivative(x) : math::gelu_erf_derivative(x);
   }
 };
 
@@ -757,7 +842,7 @@ struct GegluForward {
   template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static compute_t apply(compute_t gate, compute_t up) {
     if constexpr (kUses16BitMath<kFormat, compute_t>) {
-      return kMode == Approximate::kTanh ? math::gelu_tanh16_times(gate, up)
+      return kMode == Approximate::kTanh ? math::gelu_tanh16_times<kFormat>(gate, up)
                                          : math::gelu_erf16_times<math::Fit16<kFormat>>(gate, up);
     } else {
       return kMode == Approximate::kTanh ? math::gelu_tanh_times(gate, up) : math::gelu_erf_times(gate, up);
@@ -765,16 +850,20 @@ struct GegluForward {
   }
 };
 
-// (grad_gate, grad_up) = (grad * up * gelu'(gate), grad * gelu(gate)): both from one read of the three inputs.
-// Without bfloat16's far side: with it, the derivative's and the product's parts differ (clamp, shifter), so the
-// device compiler no longer shares them (82 instead of 58 instructions per bfloat16 element in tanh mode). So a
-// grad * up above ~2^15 times a gelu'(gate) below float's range still loses the product (docs/accuracy.md).
+// (grad_gate, grad_up) = (grad * up * gelu'(gate), grad * gelu(gate)): both from one read of the three inputs, with
+// bfloat16's far side in both (they share its clamp and test, which the device compiler then computes once). grad up
+// is formed as math::factor_of does, so that a grad_gate in float's range is not lost to an overflow of grad up
+// (bfloat16 and float32; float16's factors stay below 2^32, and double has the range).
 template <Approximate kMode>
 struct GegluBackward {
   template <OutputFormat kFormat = OutputFormat::kFloat32, typename compute_t>
   GELU_HOST_DEVICE static Pair<compute_t> apply(compute_t grad, compute_t gate, compute_t up) {
-    return {GeluBackward<kMode>::template apply<kFormat, false>(grad * up, gate),
-            GegluForward<kMode>::template apply<kFormat>(gate, grad)};
+    const compute_t grad_up = GegluForward<kMode>::template apply<kFormat>(gate, grad);
+    if constexpr (std::is_same_v<compute_t, float> && kFormat != OutputFormat::kFloat16) {
+      return {GeluBackward<kMode>::template apply<kFormat>(math::factor_of(grad, up), gate), grad_up};
+    } else {
+      return {GeluBackward<kMode>::template apply<kFormat>(grad * up, gate), grad_up};
+    }
   }
 };
 

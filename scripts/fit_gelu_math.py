@@ -178,7 +178,8 @@ def fit_16bit():
         print(f"2^f, degree {degree}: u = {', '.join(f'{float(f32(v)):.9g}f' for v in u)}, max rel {err:.2g}")
     # (format, what, clamp, degree, a1, centered): float16 before tuning (scripts/tune_fit16.cpp), bfloat16 as used
     fits = [("float16", "forward", 8.0, 11, 0.3, False), ("float16", "derivative", 8.0, 11, 0.1, False),
-            ("bfloat16", "forward", 15.0, 10, 0.1, False), ("bfloat16", "derivative", 19.5, 13, 3.0, True)]  # fmt: skip
+            ("bfloat16", "forward", 15.0, 10, 0.1, False), ("bfloat16", "derivative", 19.5, 13, 3.0, True),
+            ("bfloat16", "forward", 19.5, 11, 0.1, True)]  # fmt: skip  # the last: geglu's (product_exponent)
     for fmt, what, hi, degree, a1, centered in fits:
         coefficients, err, a0 = fit_exponent16(what, hi, degree, a1, centered)
         variable = f"a - {hi / 2}" if centered else "a"

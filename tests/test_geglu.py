@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 
 import gelu_ext
-from gelu_ext.reference import gelu_derivative_terms, gelu_reference
+from gelu_ext.reference import gelu_derivative, gelu_derivative_terms, gelu_reference
 from gelu_ext.testing import (
     APPROXIMATE_MODES,
     DTYPES,
@@ -142,9 +142,9 @@ def test_16_bit_geglu_is_faithful_for_a_tiny_up_on_small_gates_and_a_large_one_i
     the bottom of the range (erf mode's series, which scales nothing, and tanh's x up / 2) and tail gates times a
     large up (gelu(gate) kept 2^48 larger and up 2^48 smaller). Faithful: within one ulp of the exact product."""
     gates = every_finite(dtype)
-    # the large up within the clamp's reach: beyond |gate| = 15 (11 in tanh mode) gelu(gate) is taken as -0, exact for
-    # |up| below 2.5e4 (875); float16's clamp, 8, is exact for every float16 up
-    large = 6e4 if dtype == torch.float16 else (2.0**14 if approximate == "none" else 512.0)
+    # float16's clamp, 8, is exact for every float16 up; bfloat16's far side reaches every up (its largest power of two
+    # here; every up: tests/test_rounding16.py)
+    large = 6e4 if dtype == torch.float16 else 2.0**127
     tiny = 2.0**-20 if dtype == torch.float16 else 1.9921875 * 2.0**-100  # all 8 bits set: 2^-48 of it is subnormal
     for gate, up in ((gates[gates.abs() < 0.125], tiny), (gates[gates < -3], large)):
         up = torch.full_like(gate, up)
@@ -155,6 +155,27 @@ def test_16_bit_geglu_is_faithful_for_a_tiny_up_on_small_gates_and_a_large_one_i
         above = torch.where(above.double() < exact, torch.nextafter(above, torch.full_like(above, torch.inf)), above)
         faithful = (ulps_apart(result, below) == 0) | (ulps_apart(result, above) == 0)
         assert bool(faithful.all()), (gate[~faithful][:4], result[~faithful][:4], exact[~faithful][:4])
+
+
+@pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
+def test_float32_grad_gate_is_finite_where_grad_times_up_overflows(approximate):
+    """grad_gate = grad * up * gelu'(gate) with grad * up beyond float's range (2^200 here) and a gelu'(gate) that
+    brings it back (gelu'(-12) = -2^-100.3): grad * up formed first made it inf. Within 16 float32 ulp of the exact
+    value where that is finite (away from gelu''s zero at -0.7525), infinite with its sign where not. The gates stop
+    where float32's gelu' leaves float's normal range (-13, tanh mode -9.5), the float path's own limit."""
+    gate = torch.linspace(-13.0 if approximate == "none" else -9.5, 6.0, 20001, dtype=torch.float32)
+    gate = gate[(gate + 0.7525).abs() > 0.01]
+    for grad_value, up_value in ((2.0**100, 2.0**100), (-1.5 * 2.0**100, 1.25 * 2.0**90), (3e38, -1024.0)):
+        grad, up = torch.full_like(gate, grad_value), torch.full_like(gate, up_value)
+        grad_gate, _ = torch.ops.gelu_ext.geglu_backward(grad, gate, up, approximate=approximate)
+        derivative = gelu_derivative(gate.double(), approximate)
+        exact = grad.double() * up.double() * derivative
+        finite = exact.abs() < torch.finfo(torch.float32).max
+        assert finite.sum() > 500 and (~finite).sum() > 500
+        relative = ((grad_gate[finite].double() - exact[finite]) / exact[finite]).abs()
+        assert float(relative.max()) < 16 * 2.0**-24, (grad_value, float(gate[finite][relative.argmax()]))
+        assert torch.equal(grad_gate[~finite].abs(), torch.full_like(grad_gate[~finite], torch.inf))
+        assert torch.equal(torch.signbit(grad_gate[~finite]), torch.signbit(exact[~finite]))
 
 
 @pytest.mark.parametrize("approximate", APPROXIMATE_MODES)
