@@ -20,7 +20,9 @@ output and gradients are checked against the original's before timing and after.
 
 CSV columns: ms (per step, fastest round), speedup_vs_original (original ms / this ms), patched_speedup (this ms /
 patched ms: above 1, the patched model is faster than this provider), paired_speedup_vs_original (the median over
---pairs rounds of back-to-back single calls: the steadier ratio on a loaded machine; the PNG's bars). Rows go to a
+--pairs rounds of back-to-back single calls: the steadier ratio on a loaded machine; the PNG's bars), paired_low and
+paired_high (a 95% confidence interval of that median, from the order statistics of the ratios: no assumption about
+their distribution; paired_low above 1 says the provider is faster than the original at that confidence). Rows go to a
 CSV (--csv; default benchmarks/results/models-<device>-<time>.csv) and a PNG next to it.
 """
 
@@ -29,6 +31,7 @@ from __future__ import annotations
 import argparse
 import copy
 import datetime
+import math
 import statistics
 import sys
 import time
@@ -58,7 +61,7 @@ MODELS = ("bert_layer", "vit_mlp")
 PROVIDERS = ("original", "patched", "compile")
 CSV_FIELDS = ("device", "device_name", "isa", "torch", "git_commit", "threads", "timestamp", "model", "provider",
               "dtype", "batch", "tokens", "ms", "speedup_vs_original", "patched_speedup",
-              "paired_speedup_vs_original", "pairs")  # fmt: skip
+              "paired_speedup_vs_original", "paired_low", "paired_high", "pairs")  # fmt: skip
 TOLERANCE = {torch.float32: 1e-3, torch.bfloat16: 5e-2, torch.float16: 1e-2}
 
 
@@ -123,7 +126,7 @@ def paired_speedups(steps: dict, pairs: int, device) -> dict:
     """Median over `pairs` rounds of (original's time / each provider's time), the providers' single calls of a round
     back to back and their order reversed every other round: a slow phase of a shared machine that lasts longer than
     one round hits both sides of each ratio, where the fastest-round times of time_providers may come from different
-    phases."""
+    phases. Each value is (median, low, high): the median and its 95% confidence interval (median_interval)."""
     names = list(steps)
     ratios = {name: [] for name in names}
     for i in range(pairs):
@@ -138,7 +141,17 @@ def paired_speedups(steps: dict, pairs: int, device) -> dict:
             seconds[name] = time.perf_counter() - start_time
         for name in names:
             ratios[name].append(seconds["original"] / seconds[name])
-    return {name: statistics.median(values) for name, values in ratios.items()}
+    return {name: (statistics.median(values), *median_interval(values)) for name, values in ratios.items()}
+
+
+def median_interval(values, z: float = 1.96) -> tuple[float, float]:
+    """The distribution-free 95% confidence interval of the median of `values`: the order statistics of ranks
+    n/2 -+ z sqrt(n)/2 (the normal approximation to the binomial count of values below the median). With fewer than 6
+    values it is their whole range."""
+    ordered = sorted(values)
+    n = len(ordered)
+    k = max(0, int((n - z * math.sqrt(n)) / 2))
+    return ordered[k], ordered[n - 1 - k]
 
 
 def time_configuration(args, device, env, name: str, dtype_name: str) -> list[dict]:
@@ -173,7 +186,9 @@ def time_configuration(args, device, env, name: str, dtype_name: str) -> list[di
                      "tokens": args.batch * seq, "ms": significant(ms, 5),
                      "speedup_vs_original": significant(timings["original"] / ms, 4),
                      "patched_speedup": patched_speedup,
-                     "paired_speedup_vs_original": significant(paired[provider], 4) if paired else "",
+                     "paired_speedup_vs_original": significant(paired[provider][0], 4) if paired else "",
+                     "paired_low": significant(paired[provider][1], 4) if paired else "",
+                     "paired_high": significant(paired[provider][2], 4) if paired else "",
                      "pairs": args.pairs})  # fmt: skip
         print_row(rows[-1])
     return rows
@@ -182,17 +197,19 @@ def time_configuration(args, device, env, name: str, dtype_name: str) -> list[di
 def print_row(row):
     if not getattr(print_row, "header", False):
         print(f"{'model':>10} {'provider':>9} {'dtype':>8} {'tokens':>6} {'ms':>10} {'vs original':>11} "
-              f"{'patched is':>10} {'paired':>7}")  # fmt: skip
+              f"{'patched is':>10} {'paired (95% interval)':>24}")  # fmt: skip
         print_row.header = True
     patched_vs = f"{row['patched_speedup']:.3f}x" if row["patched_speedup"] != "" else "-"
-    paired = f"{row['paired_speedup_vs_original']:.3f}x" if row["paired_speedup_vs_original"] != "" else "-"
+    paired = "-"
+    if row["paired_speedup_vs_original"] != "":
+        paired = f"{row['paired_speedup_vs_original']:.3f}x ({row['paired_low']:.3f}-{row['paired_high']:.3f})"
     print(f"{row['model']:>10} {row['provider']:>9} {row['dtype']:>8} {row['tokens']:>6} {row['ms']:>10.3f} "
-          f"{row['speedup_vs_original']:>10.3f}x {patched_vs:>10} {paired:>7}", flush=True)  # fmt: skip
+          f"{row['speedup_vs_original']:>10.3f}x {patched_vs:>10} {paired:>24}", flush=True)  # fmt: skip
 
 
 def plot(csv_path: Path, output: Path) -> Path:
     """Speed over the original (higher is faster), a group of bars per model and dtype, a bar per provider: the paired
-    median ratio, with the fastest-round ratio as a dot."""
+    median ratio with its 95% interval as an error bar, and the fastest-round ratio as a dot."""
     import csv
 
     import matplotlib
@@ -212,12 +229,19 @@ def plot(csv_path: Path, output: Path) -> Path:
         positions = [g + (i - (len(providers) - 1) / 2) * width for g in range(len(groups))]
         paired = [float(r["paired_speedup_vs_original"] or r["speedup_vs_original"]) for r in chosen]
         bars = ax.bar(positions, paired, width, label=provider)
+        if all(r.get("paired_low") for r in chosen):  # CSVs from before the interval have no such column
+            low = [p - float(r["paired_low"]) for p, r in zip(paired, chosen, strict=True)]
+            high = [float(r["paired_high"]) - p for p, r in zip(paired, chosen, strict=True)]
+            ax.errorbar(positions, paired, yerr=[low, high], fmt="none", ecolor="k", elinewidth=0.8, capsize=2)
         ax.bar_label(bars, fmt="%.2fx", fontsize=7)
         fastest = [float(r["speedup_vs_original"]) for r in chosen]
         ax.plot(positions, fastest, "k.", ms=5, label="fastest rounds" if i == len(providers) - 1 else None)
     ax.axhline(1.0, color="k", lw=0.8)
     ax.set_xticks(range(len(groups)), [f"{m}\n{d}" for m, d in groups])
-    ax.set(ylabel="speed over the original, forward + backward\n(bars: paired median; dots: fastest rounds)")
+    ax.set(
+        ylabel="speed over the original, forward + backward\n"
+        "(bars: paired median and its 95% interval; dots: fastest rounds)"
+    )
     ax.legend(fontsize=8)
     r0 = rows[0]
     ax.set_title(f"{r0['device_name']}, {r0['threads']} threads, torch {r0['torch']}, {r0['timestamp'][:10]}",

@@ -642,9 +642,19 @@ def test_model_benchmark_smoke_writes_csv_and_plot(tmp_path):
     for r in rows:
         assert float(r["ms"]) > 0 and r["dtype"] == "float32" and r["tokens"] in ("128", "197")
         assert float(r["paired_speedup_vs_original"]) > 0 and r["pairs"] == "3"
+        assert float(r["paired_low"]) <= float(r["paired_speedup_vs_original"]) <= float(r["paired_high"])
         if r["provider"] == "original":
             assert float(r["speedup_vs_original"]) == 1.0 and float(r["paired_speedup_vs_original"]) == 1.0
     assert out.with_suffix(".png").stat().st_size > 10_000
+
+
+def test_model_benchmark_median_interval_is_the_order_statistics_around_the_median():
+    bench_models = _bench_models()
+    values = [float(v) for v in range(100, 0, -1)]  # unsorted: the interval sorts
+    # n = 100: ranks 50 -+ 1.96 * 10 / 2, that is the 41st and the 60th smallest (0-based 40 and 59)
+    assert bench_models.median_interval(values) == (41.0, 60.0)
+    assert bench_models.median_interval([3.0, 1.0, 2.0]) == (1.0, 3.0)  # too few values: their whole range
+    assert bench_models.median_interval([2.0] * 7) == (2.0, 2.0)
 
 
 def test_model_benchmark_validation_catches_a_wrong_model():

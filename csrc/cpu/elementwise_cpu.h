@@ -284,12 +284,18 @@ void run_rows_with_column_sum(int64_t rows, int64_t cols, scalar_t* out, scalar_
       }
     }
   });
+  // Row block 0's partials take the later ones in row-block order, a row of partials at a time: each column's sum is
+  // the same sequence of additions as column by column, but the inner loop runs along a row, where it vectorizes
+  // (column by column it was a strided scalar loop: ~5% of bias_gelu_backward's time at [256, 1024], 1 thread).
   torch::stable::parallel_for(0, column_blocks, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t c = begin * kColumnBlock; c < std::min(cols, end * kColumnBlock); ++c) {
-      c_t total = partial[static_cast<size_t>(c)];
-      for (int64_t b = 1; b < row_blocks; ++b) total += partial[static_cast<size_t>(b * cols + c)];
-      column_sum[c] = static_cast<scalar_t>(total);
+    const int64_t c_begin = begin * kColumnBlock;
+    const int64_t n = std::min(cols, end * kColumnBlock) - c_begin;
+    c_t* __restrict total = partial.get() + c_begin;
+    for (int64_t b = 1; b < row_blocks; ++b) {
+      const c_t* __restrict later = partial.get() + b * cols + c_begin;
+      for (int64_t c = 0; c < n; ++c) total[c] += later[c];
     }
+    for (int64_t c = 0; c < n; ++c) column_sum[c_begin + c] = static_cast<scalar_t>(total[c]);
   });
 }
 
