@@ -146,7 +146,7 @@ def paired_speedups(steps: dict, pairs: int, device) -> dict:
 
 def median_interval(values, z: float = 1.96) -> tuple[float, float]:
     """The distribution-free 95% confidence interval of the median of `values`: the order statistics of ranks
-    n/2 -+ z sqrt(n)/2 (the normal approximation to the binomial count of values below the median). With fewer than 6
+    n/2 -+ z sqrt(n)/2 (the normal approximation to the binomial count of values below the median). With fewer than 8
     values it is their whole range."""
     ordered = sorted(values)
     n = len(ordered)
