@@ -104,9 +104,14 @@ _CPU_LOOP = re.compile(
 _CPU_DOUBLE = re.compile(r"\s((?!v?p)\w+(?:pd|sd))\s")
 
 
+# the instruction set's full-width registers: an instruction that names one works on 8 (ymm) or 16 (zmm) floats
+_CPU_WIDE_REGISTER = {"avx512": re.compile(r"%zmm"), "avx2": re.compile(r"%ymm")}
+
+
 def cpu_loops(library: str | None = None) -> list[dict]:
-    """The AVX2 and AVX-512 loops of the built extension (objdump): per loop, its scalar type and how many
-    instructions operate on doubles (movsd, a plain 8-byte move, does not count)."""
+    """The AVX2 and AVX-512 loops of the built extension (objdump): per loop, its scalar type, how many
+    instructions operate on doubles (movsd, a plain 8-byte move, does not count) and how many name a full-width
+    vector register (`wide_ops`: 0 where GCC left the loop scalar)."""
     if library is None:
         import gelu_ext._C
 
@@ -123,12 +128,14 @@ def cpu_loops(library: str | None = None) -> list[dict]:
                 dtype = {"float": "float32", "double": "float64", "c10::Half": "float16", "c10::BFloat16": "bfloat16"}
                 op = {"Gelu": "gelu", "BiasGelu": "bias_gelu", "Geglu": "geglu"}[op]
                 current = {"op": op, "pass": pass_.lower(), "isa": isa, "mode": "tanh" if mode == "1" else "none",
-                           "dtype": dtype[scalar], "f64_ops": 0}  # fmt: skip
+                           "dtype": dtype[scalar], "f64_ops": 0, "wide_ops": 0}  # fmt: skip
                 loops.append(current)
         elif current is not None:
             found = _CPU_DOUBLE.search(line)
             if found and found.group(1) not in ("movsd", "vmovsd"):
                 current["f64_ops"] += 1
+            if _CPU_WIDE_REGISTER[current["isa"]].search(line):
+                current["wide_ops"] += 1
     return loops
 
 
@@ -634,7 +641,7 @@ def main(argv=None):
     print(f"\nCPU loops of the built extension: {len(cpu)}")
     for r in sorted(cpu, key=lambda r: (r["op"], r["pass"], r["mode"], r["dtype"], r["isa"])):
         loop = f"{r['op']:>9} {r['pass']:>9} {r['mode']:>5} {r['dtype']:>9} {r['isa']:>7}"
-        print(f"{loop} f64 instructions: {r['f64_ops']}")
+        print(f"{loop} f64 instructions: {r['f64_ops']:>4}, full-width vector instructions: {r['wide_ops']}")
     bad += [r for r in cpu if r["dtype"] != "float64" and r["f64_ops"]]
     if bad:
         print(f"{len(bad)} float/half/bfloat16 kernels contain FP64 instructions", file=sys.stderr)

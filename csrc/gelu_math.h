@@ -545,15 +545,42 @@ constexpr float kFarUnscale = 0x1p-126f;
 // with gelu'. Not for float16 (|grad up| < 2^32).
 constexpr float kLargeFactor = 0x1p120f;
 
+// condition ? value * scale : value, for a power-of-two scale. SIMD code computes both arms of a select and blends
+// them, so value * scale is formed in every lane, also where the lane discards it; where that product is subnormal,
+// each one costs an x86 core a microcode assist (bfloat16's far side, value 2^-126, made the bfloat16 backward 3-4x
+// slower on Intel AVX-512 for grads below 1). So the host selects the scale, and multiplies once: with integer
+// operations, since GCC moves a multiply into the arms of a float select (value * 1 is value) and is back where it
+// started. The device has no lanes to blend and keeps the plain select (2 SASS instructions fewer). Same value.
+GELU_HOST_DEVICE float times_scale_if(float value, bool condition, float scale) {
+#if defined(__CUDA_ARCH__)
+  return condition ? value * scale : value;
+#else
+  const uint32_t mask = 0u - static_cast<uint32_t>(condition);
+  const uint32_t one = bit_cast<uint32_t>(1.0f);
+  return value * bit_cast<float>(one ^ (mask & (bit_cast<uint32_t>(scale) ^ one)));
+#endif
+}
+
 struct Factor {
   float value;  // grad up, or grad up 2^-128 where large
   bool large;
 };
 
+// kLift (bfloat16's host loops): SIMD code forms the large arm in every lane, where grad up 2^-128 would be
+// subnormal for any |grad up| < 4, so the lanes that discard it form grad up 2^-28 instead (times_scale_if); the
+// large ones are unchanged. Without it GCC also left geglu's bfloat16 tanh backward scalar (10x slower; the test in
+// tests/test_no_fp64.py). float32's loops are vectorized with masked multiplies either way, and the lift made them
+// 6-10% slower; the device has no lanes.
+template <bool kLift = false>
 GELU_HOST_DEVICE Factor factor_of(float grad, float up) {
   const float product = grad * up;
   const bool large = fabsf(product) >= kLargeFactor;  // NaN: not large, and NaN propagates
-  return {large ? (grad * 0x1p-64f) * (up * 0x1p-64f) : product, large};
+#if defined(__CUDA_ARCH__)
+  const float lifted = grad;
+#else
+  const float lifted = kLift ? times_scale_if(grad, !large, 0x1p100f) : grad;
+#endif
+  return {large ? (lifted * 0x1p-64f) * (up * 0x1p-64f) : product, large};
 }
 
 // gelu' times a factor, each with its scale: the derivative is gelu' 2^126 on bfloat16's far side (`far`), and a
@@ -563,7 +590,11 @@ GELU_HOST_DEVICE Factor factor_of(float grad, float up) {
 // ((gelu' 2^126) (factor 2^-128)) 4, whose product is subnormal only where the result is below 2^-132 (12 or more
 // bits left: a bfloat16 subnormal has at most 2). With large = false (a constant) it folds to gelu_backward's form.
 GELU_HOST_DEVICE float times_derivative(float derivative, bool far, float factor, bool large) {
-  const float product = derivative * (far && !large ? factor * kFarUnscale : factor);
+  // factor 2^-126 is subnormal for |factor| < 1, so it is formed only where it is used (times_scale_if).
+  // `&`, not `&&`: no short circuit, whose branches GCC can merge into a select of booleans that it does not
+  // vectorize. This function and factor_of in their earlier form left geglu's bfloat16 tanh backward scalar, 10x
+  // slower (tests/test_no_fp64.py checks that every CPU loop is vectorized).
+  const float product = derivative * times_scale_if(factor, far & !large, kFarUnscale);
   return large ? (product * (far ? 4.0f : 0x1p64f)) * (far ? 1.0f : 0x1p64f) : product;
 }
 
@@ -860,7 +891,8 @@ struct GegluBackward {
   GELU_HOST_DEVICE static Pair<compute_t> apply(compute_t grad, compute_t gate, compute_t up) {
     const compute_t grad_up = GegluForward<kMode>::template apply<kFormat>(gate, grad);
     if constexpr (std::is_same_v<compute_t, float> && kFormat != OutputFormat::kFloat16) {
-      return {GeluBackward<kMode>::template apply<kFormat>(math::factor_of(grad, up), gate), grad_up};
+      constexpr bool kLift = kFormat == OutputFormat::kBFloat16;
+      return {GeluBackward<kMode>::template apply<kFormat>(math::factor_of<kLift>(grad, up), gate), grad_up};
     } else {
       return {GeluBackward<kMode>::template apply<kFormat>(grad * up, gate), grad_up};
     }
