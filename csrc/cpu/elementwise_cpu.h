@@ -87,27 +87,43 @@ using NextSegment = std::array<int64_t, kInputs>;
 struct NoStaging {};
 
 #if defined(__x86_64__)
-// 8 values per instruction in both variants: the 512-bit forms gain nothing measurable here (two conversions per
-// 16 elements against ~30 math operations), and GCC 12 warns falsely about their intrinsics' undefined operand.
-#define GELU_EXT_DEFINE_HALF_STAGING(NAME, TARGET)                                                                 \
+// The conversions are as wide as the loop's vectors: the element loop reads the staged floats 8 (AVX2) or 16
+// (AVX-512) at a time, and a 64-byte load of what two 32-byte stores just wrote cannot be forwarded from the store
+// buffer on Intel cores (it waits for both stores to reach the cache). With 8-value conversions that stall took ~20%
+// of the AVX-512 float16 erf forward's samples on an Intel Xeon (docs/performance.md). kWidth values per conversion.
+#define GELU_EXT_DEFINE_HALF_STAGING(NAME, TARGET, WIDTH, TO_FLOAT, FROM_FLOAT)                                    \
   struct NAME {                                                                                                   \
     template <int64_t kCount>                                                                                     \
     TARGET static void to_float(const c10::Half* in, float* out) {                                                \
-      for (int64_t j = 0; j < kCount; j += 8) {                                                                   \
-        _mm256_storeu_ps(out + j, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in + j))));    \
-      }                                                                                                           \
+      static_assert(kCount % WIDTH == 0, "a chunk is whole conversions");                                         \
+      for (int64_t j = 0; j < kCount; j += WIDTH) TO_FLOAT(in + j, out + j);                                      \
     }                                                                                                             \
     template <int64_t kCount>                                                                                     \
     TARGET static void from_float(const float* in, c10::Half* out) {                                              \
-      for (int64_t j = 0; j < kCount; j += 8) {                                                                   \
-        constexpr int kRound = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;                                   \
-        _mm_storeu_si128(reinterpret_cast<__m128i*>(out + j), _mm256_cvtps_ph(_mm256_loadu_ps(in + j), kRound));  \
-      }                                                                                                           \
+      for (int64_t j = 0; j < kCount; j += WIDTH) FROM_FLOAT(in + j, out + j);                                    \
     }                                                                                                             \
   };
-GELU_EXT_DEFINE_HALF_STAGING(HalfStagingAvx2, __attribute__((target("avx2,fma,f16c"))))
-GELU_EXT_DEFINE_HALF_STAGING(HalfStagingAvx512, __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,f16c"))))
+constexpr int kRoundToNearest = _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC;
+#define GELU_EXT_CVT8_TO_FLOAT(in, out) \
+  _mm256_storeu_ps(out, _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(in))))
+#define GELU_EXT_CVT8_FROM_FLOAT(in, out) \
+  _mm_storeu_si128(reinterpret_cast<__m128i*>(out), _mm256_cvtps_ph(_mm256_loadu_ps(in), kRoundToNearest))
+// the zero-masked forms with a full mask: the plain 512-bit intrinsics pass an undefined operand that GCC 12 warns
+// about falsely; the instruction is the same
+#define GELU_EXT_CVT16_TO_FLOAT(in, out) \
+  _mm512_storeu_ps(out, _mm512_maskz_cvtph_ps(0xFFFF, _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in))))
+#define GELU_EXT_CVT16_FROM_FLOAT(in, out)                                \
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(out),                    \
+                      _mm512_maskz_cvtps_ph(0xFFFF, _mm512_loadu_ps(in), kRoundToNearest))
+GELU_EXT_DEFINE_HALF_STAGING(HalfStagingAvx2, __attribute__((target("avx2,fma,f16c"))), 8, GELU_EXT_CVT8_TO_FLOAT,
+                             GELU_EXT_CVT8_FROM_FLOAT)
+GELU_EXT_DEFINE_HALF_STAGING(HalfStagingAvx512, __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,f16c"))),
+                             16, GELU_EXT_CVT16_TO_FLOAT, GELU_EXT_CVT16_FROM_FLOAT)
 #undef GELU_EXT_DEFINE_HALF_STAGING
+#undef GELU_EXT_CVT8_TO_FLOAT
+#undef GELU_EXT_CVT8_FROM_FLOAT
+#undef GELU_EXT_CVT16_TO_FLOAT
+#undef GELU_EXT_CVT16_FROM_FLOAT
 #endif
 
 // Whether the loop stages this element type through float buffers with Staging's conversions.
