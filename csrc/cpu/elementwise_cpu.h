@@ -79,11 +79,12 @@ template <size_t kInputs>
 using NextSegment = std::array<int64_t, kInputs>;
 
 // float16 storage on x86 is converted a chunk at a time with F16C (AVX2 and AVX-512 variants): vcvtph2ps and
-// vcvtps2ph do in one instruction per 8 values what c10::Half's portable conversions (this build has no global
-// -mf16c) do in ~10 integer and float operations per value each way, which made float16 gelu ~1.8x float32's time
-// per element (1.28 against 0.69 ns on one AVX-512 thread) and 0.74x F.gelu's speed. Both are IEEE conversions with
-// round-to-nearest-even, subnormals included, so the bits are the baseline variant's (tests/test_gelu.py checks every
-// instruction set against the others); only a NaN's payload may differ, as it does between CPU and GPU.
+// vcvtps2ph do in one instruction per 8 (AVX2) or 16 (AVX-512) values what c10::Half's portable conversions (this
+// build has no global -mf16c) do in ~10 integer and float operations per value each way, which made float16 gelu
+// ~1.8x float32's time per element (1.28 against 0.69 ns on one AVX-512 thread) and 0.74x F.gelu's speed. Both are
+// IEEE conversions with round-to-nearest-even, subnormals included, so the bits are the baseline variant's
+// (tests/test_gelu.py checks every instruction set against the others); only a NaN's payload may differ, as it does
+// between CPU and GPU.
 struct NoStaging {};
 
 #if defined(__x86_64__)
