@@ -568,9 +568,9 @@ struct Factor {
 
 // kLift (bfloat16's host loops): SIMD code forms the large arm in every lane, where grad up 2^-128 would be
 // subnormal for any |grad up| < 4, so the lanes that discard it form grad up 2^-28 instead (times_scale_if); the
-// large ones are unchanged. Without it GCC also left geglu's bfloat16 tanh backward scalar (10x slower; the test in
-// tests/test_no_fp64.py). float32's loops are vectorized with masked multiplies either way, and the lift made them
-// 6-10% slower; the device has no lanes.
+// large ones are unchanged. Without it GCC also left geglu's bfloat16 tanh backward scalar, 10x slower
+// (tests/test_no_fp64.py checks that every CPU loop is vectorized). float32's geglu backward showed no such cost, and
+// the lift made it 6-10% slower (Intel Xeon, AVX-512); the device has no lanes.
 template <bool kLift = false>
 GELU_HOST_DEVICE Factor factor_of(float grad, float up) {
   const float product = grad * up;
@@ -590,11 +590,8 @@ GELU_HOST_DEVICE Factor factor_of(float grad, float up) {
 // ((gelu' 2^126) (factor 2^-128)) 4, whose product is subnormal only where the result is below 2^-132 (12 or more
 // bits left: a bfloat16 subnormal has at most 2). With large = false (a constant) it folds to gelu_backward's form.
 GELU_HOST_DEVICE float times_derivative(float derivative, bool far, float factor, bool large) {
-  // factor 2^-126 is subnormal for |factor| < 1, so it is formed only where it is used (times_scale_if).
-  // `&`, not `&&`: no short circuit, whose branches GCC can merge into a select of booleans that it does not
-  // vectorize. This function and factor_of in their earlier form left geglu's bfloat16 tanh backward scalar, 10x
-  // slower (tests/test_no_fp64.py checks that every CPU loop is vectorized).
-  const float product = derivative * times_scale_if(factor, far & !large, kFarUnscale);
+  // factor 2^-126 is subnormal for |factor| < 1, so it is formed only where it is used (times_scale_if)
+  const float product = derivative * times_scale_if(factor, far && !large, kFarUnscale);
   return large ? (product * (far ? 4.0f : 0x1p64f)) * (far ? 1.0f : 0x1p64f) : product;
 }
 

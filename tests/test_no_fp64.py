@@ -54,9 +54,9 @@ def test_no_fp64_in_float_half_and_bfloat16_cpu_loops():
 @pytest.mark.skipif("avx2" not in available_cpu_capabilities(), reason="the AVX2/AVX-512 loops need an x86-64 CPU")
 def test_every_float_half_and_bfloat16_cpu_loop_is_vectorized():
     # GCC vectorizes the element loops or silently leaves them scalar: geglu's bfloat16 tanh backward once ran scalar
-    # (no ymm or zmm instruction, 10x slower) because a short circuit (`far && !large`) became a select of booleans
-    # it could not vectorize. The smallest vectorized loop names a full-width register ~180 times (AVX2) / ~340
-    # (AVX-512); a scalar one names none.
+    # (no ymm or zmm instruction, 10x slower): GCC merged the tests of its far side and large factor into a select of
+    # booleans it could not vectorize, until math::factor_of's large arm changed form. The smallest vectorized loop
+    # names a full-width register ~180 times (AVX2) / ~340 (AVX-512); a scalar one names none.
     loops = [loop for loop in kernel_ops.cpu_loops() if loop["dtype"] != "float64"]
     assert len(loops) == 72
     scalar = [f"{loop['op']} {loop['pass']} {loop['mode']} {loop['dtype']} {loop['isa']}: {loop['wide_ops']}"
