@@ -97,7 +97,7 @@ def kernels(ptx: str) -> list[dict]:
 
 
 _CPU_LOOP = re.compile(
-    r"^[0-9a-f]+ <void gelu_ext::cpu::segment_(avx512|avx2)"
+    r"^[0-9a-f]+ <void gelu_ext::cpu::segment_(avx512bf16|avx512|avx2)"
     r"<gelu_ext::(Gelu|BiasGelu|Geglu)(Forward|Backward)<\(gelu_ext::Approximate\)([01])>, (?:true|false), ([\w:]+),"
 )
 # packed or scalar double instructions, conversions included; not integer ones such as vpminsd (packed signed dwords)
@@ -105,7 +105,8 @@ _CPU_DOUBLE = re.compile(r"\s((?!v?p)\w+(?:pd|sd))\s")
 
 
 # the instruction set's full-width registers: an instruction that names one works on 8 (ymm) or 16 (zmm) floats
-_CPU_WIDE_REGISTER = {"avx512": re.compile(r"%zmm"), "avx2": re.compile(r"%ymm")}
+# (avx512bf16: the AVX-512 loops for bfloat16 storage that convert with AVX512-BF16's instructions)
+_CPU_WIDE_REGISTER = {"avx512bf16": re.compile(r"%zmm"), "avx512": re.compile(r"%zmm"), "avx2": re.compile(r"%ymm")}
 
 
 def cpu_loops(library: str | None = None) -> list[dict]:

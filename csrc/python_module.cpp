@@ -33,7 +33,7 @@ PyObject* set_cpu_capability(PyObject* /*self*/, PyObject* args) {
 
 PyMethodDef methods[] = {
     {"cpu_capability", cpu_capability, METH_NOARGS,
-     "The instruction set the CPU kernels run with: avx512, avx2 or baseline"},
+     "The instruction set the CPU kernels run with: avx512_bf16, avx512, avx2 or baseline"},
     {"set_cpu_capability", set_cpu_capability, METH_VARARGS,
      "Force the CPU kernels' instruction set (for tests and benchmarks); results are bit-identical"},
     {nullptr, nullptr, 0, nullptr},

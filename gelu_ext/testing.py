@@ -206,9 +206,11 @@ def cpu_capability(isa: str):
 
 
 def available_cpu_capabilities() -> list[str]:
-    """The CPU code paths this machine can run: "baseline", plus "avx2" and "avx512" where supported."""
+    """The CPU code paths this machine can run: "baseline", plus "avx2", "avx512" and "avx512_bf16" (AVX-512 with
+    AVX512-BF16's bfloat16 conversions) where supported."""
+    paths = ["baseline", "avx2", "avx512", "avx512_bf16"]
     best = _extension._C.cpu_capability()
-    return {"avx512": ["baseline", "avx2", "avx512"], "avx2": ["baseline", "avx2"]}.get(best, ["baseline"])
+    return paths[: paths.index(best) + 1] if best in paths else ["baseline"]
 
 
 _SAME_WIDTH_INT = {torch.float64: torch.int64, torch.float32: torch.int32, torch.float16: torch.int16,

@@ -42,8 +42,10 @@ def test_no_fp64_in_float_half_and_bfloat16_cuda_kernels(ptx_kernels):
 @pytest.mark.skipif("avx2" not in available_cpu_capabilities(), reason="the AVX2/AVX-512 loops need an x86-64 CPU")
 def test_no_fp64_in_float_half_and_bfloat16_cpu_loops():
     loops = kernel_ops.cpu_loops()
-    # 3 ops x 2 instruction sets x 2 passes x 2 modes x 4 dtypes (the baseline loops are inlined into their callers)
-    assert len(loops) == 96
+    # 3 ops x 2 instruction sets x 2 passes x 2 modes x 4 dtypes (the baseline loops are inlined into their callers),
+    # and the AVX512-BF16 variant's 12 bfloat16 loops (3 ops x 2 passes x 2 modes)
+    assert len(loops) == 96 + 12
+    assert {loop["dtype"] for loop in loops if loop["isa"] == "avx512bf16"} == {"bfloat16"}
     assert {loop["op"] for loop in loops} == {"gelu", "bias_gelu", "geglu"}
     offenders = [loop for loop in loops if loop["dtype"] != "float64" and loop["f64_ops"] > 0]
     assert not offenders
@@ -58,7 +60,7 @@ def test_every_float_half_and_bfloat16_cpu_loop_is_vectorized():
     # booleans it could not vectorize, until math::factor_of's large arm changed form. The smallest vectorized loop
     # names a full-width register ~180 times (AVX2) / ~340 (AVX-512); a scalar one names none.
     loops = [loop for loop in kernel_ops.cpu_loops() if loop["dtype"] != "float64"]
-    assert len(loops) == 72
+    assert len(loops) == 72 + 12
     scalar = [f"{loop['op']} {loop['pass']} {loop['mode']} {loop['dtype']} {loop['isa']}: {loop['wide_ops']}"
               for loop in loops if loop["wide_ops"] < 100]  # fmt: skip
     assert not scalar, f"CPU loops left scalar: {scalar}"

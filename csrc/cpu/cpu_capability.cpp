@@ -14,7 +14,7 @@ CpuCapability best_supported() {
   __builtin_cpu_init();
   if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq") &&
       __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512vl")) {
-    return CpuCapability::kAvx512;
+    return __builtin_cpu_supports("avx512bf16") ? CpuCapability::kAvx512Bf16 : CpuCapability::kAvx512;
   }
   if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return CpuCapability::kAvx2;
 #endif
@@ -30,8 +30,10 @@ CpuCapability parse_capability(const std::string& name) {
     wanted = CpuCapability::kAvx2;
   } else if (name == "avx512") {
     wanted = CpuCapability::kAvx512;
+  } else if (name == "avx512_bf16") {
+    wanted = CpuCapability::kAvx512Bf16;
   } else {
-    check(false, "gelu_ext: unknown CPU capability \"", name, "\"; use avx512, avx2 or baseline");
+    check(false, "gelu_ext: unknown CPU capability \"", name, "\"; use avx512_bf16, avx512, avx2 or baseline");
   }
   check(static_cast<int>(wanted) <= static_cast<int>(best), "gelu_ext: this CPU does not support ", name);
   return wanted;
@@ -54,6 +56,8 @@ CpuCapability capability() { return selected(); }
 // For gelu_ext._C (csrc/python_module.cpp).
 std::string cpu_capability() {
   switch (cpu::capability()) {
+    case cpu::CpuCapability::kAvx512Bf16:
+      return "avx512_bf16";
     case cpu::CpuCapability::kAvx512:
       return "avx512";
     case cpu::CpuCapability::kAvx2:

@@ -3,8 +3,9 @@
 //
 //   segment_loop   out[i] = Op::apply(in0[i], in1[i], ...) over one contiguous stretch of every operand: the loop
 //                  GCC vectorizes (16 floats per AVX-512 instruction, 8 per AVX2 one). Compiled three times with
-//                  different target attributes (AVX-512, AVX2+FMA, baseline x86-64), the best the CPU supports picked
-//                  at run time, like ATen's CPU_CAPABILITY (GELU_EXT_CPU_CAPABILITY overrides it).
+//                  different target attributes (AVX-512, AVX2+FMA, baseline x86-64), and a fourth time for bfloat16
+//                  storage with AVX512-BF16's conversions; the best the CPU supports is picked at run time, like
+//                  ATen's CPU_CAPABILITY (GELU_EXT_CPU_CAPABILITY overrides it).
 //   run_rows       a rows x cols problem split over torch's intra-op threads into stretches of at most one row; a
 //                  flat tensor is one row, so gelu's loop is exactly the segment loop over its span.
 //   run_rows_with_column_sum
@@ -85,7 +86,10 @@ using NextSegment = std::array<int64_t, kInputs>;
 // IEEE conversions with round-to-nearest-even, subnormals included, so the bits are the baseline variant's
 // (tests/test_gelu.py checks every instruction set against the others); only a NaN's payload may differ, as it does
 // between CPU and GPU.
-struct NoStaging {};
+struct NoStaging {
+  template <typename scalar_t>
+  static constexpr bool kStages = false;
+};
 
 #if defined(__x86_64__)
 // The conversions are as wide as the loop's vectors: the element loop reads the staged floats 8 (AVX2) or 16
@@ -94,6 +98,8 @@ struct NoStaging {};
 // of the AVX-512 float16 erf forward's samples on an Intel Xeon (docs/performance.md). kWidth values per conversion.
 #define GELU_EXT_DEFINE_HALF_STAGING(NAME, TARGET, WIDTH, TO_FLOAT, FROM_FLOAT)                                    \
   struct NAME {                                                                                                   \
+    template <typename scalar_t>                                                                                  \
+    static constexpr bool kStages = std::is_same_v<scalar_t, c10::Half>;                                          \
     template <int64_t kCount>                                                                                     \
     TARGET static void to_float(const c10::Half* in, float* out) {                                                \
       static_assert(kCount % WIDTH == 0, "a chunk is whole conversions");                                         \
@@ -125,12 +131,49 @@ GELU_EXT_DEFINE_HALF_STAGING(HalfStagingAvx512, __attribute__((target("avx512f,a
 #undef GELU_EXT_CVT8_FROM_FLOAT
 #undef GELU_EXT_CVT16_TO_FLOAT
 #undef GELU_EXT_CVT16_FROM_FLOAT
+
+// bfloat16 storage on CPUs with AVX512-BF16 (Sapphire Rapids and later Xeons, Zen 4 and later), staged like float16:
+// vcvtne2ps2bf16 rounds 32 floats to bfloat16 in one instruction (round to nearest even, as c10::BFloat16's portable
+// conversion), where the portable conversion vectorizes to ~7 integer and mask operations per 16 values (shift, add
+// the rounding bias, a NaN test and blend, shift, pack), a sixth of the bfloat16 erf forward's vector instructions.
+// The instruction treats a subnormal input as zero, and bfloat16 keeps float's subnormals (results below 2^-126: x
+// beyond -13 in erf mode, and the far sides), so any 32 values with a subnormal among them (vfpclassps) take the
+// portable conversion instead: same bits, at a cost only where such results are. A NaN comes out quiet with its
+// payload's top bits, where the portable conversion returns the canonical NaN (payloads already differ from the GPU's).
+// The load side is exact either way (a bfloat16 is a float's top half): a shift of zero-extended bits.
+#define GELU_EXT_AVX512_BF16_TARGET __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,avx512bf16,fma,f16c")))
+struct BFloat16StagingAvx512 {
+  template <typename scalar_t>
+  static constexpr bool kStages = std::is_same_v<scalar_t, c10::BFloat16>;
+  static constexpr int kSubnormal = 0x20;  // vfpclassps category: denormal
+  template <int64_t kCount>
+  GELU_EXT_AVX512_BF16_TARGET static void to_float(const c10::BFloat16* in, float* out) {
+    static_assert(kCount % 16 == 0, "a chunk is whole conversions");
+    for (int64_t j = 0; j < kCount; j += 16) {
+      const __m256i bits = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(in + j));
+      // the zero-masked forms with a full mask, as for float16 above (GCC 12's false warning)
+      _mm512_storeu_si512(out + j, _mm512_maskz_slli_epi32(0xFFFF, _mm512_maskz_cvtepu16_epi32(0xFFFF, bits), 16));
+    }
+  }
+  template <int64_t kCount>
+  GELU_EXT_AVX512_BF16_TARGET static void from_float(const float* in, c10::BFloat16* out) {
+    static_assert(kCount % 32 == 0, "a chunk is whole conversions");
+    for (int64_t j = 0; j < kCount; j += 32) {
+      const __m512 low = _mm512_loadu_ps(in + j);
+      const __m512 high = _mm512_loadu_ps(in + j + 16);
+      if ((_mm512_fpclass_ps_mask(low, kSubnormal) | _mm512_fpclass_ps_mask(high, kSubnormal)) == 0) {
+        _mm512_storeu_si512(out + j, (__m512i)_mm512_cvtne2ps_pbh(high, low));
+      } else {
+        for (int64_t k = j; k < j + 32; ++k) out[k] = static_cast<c10::BFloat16>(in[k]);
+      }
+    }
+  }
+};
 #endif
 
 // Whether the loop stages this element type through float buffers with Staging's conversions.
 template <class Staging, typename scalar_t, typename... Inputs>
-constexpr bool kStaged = !std::is_same_v<Staging, NoStaging> && std::is_same_v<scalar_t, c10::Half> &&
-                         (std::is_same_v<Inputs, c10::Half> && ...);
+constexpr bool kStaged = Staging::template kStages<scalar_t> && (std::is_same_v<Inputs, scalar_t> && ...);
 
 // out0[i] (and out1[i] for an Op returning a Pair) = Op::apply(in[i]...) for i < n, each result rounded once to
 // scalar_t. With kColumnSum, column_sum[i] += the first result before that rounding (compute_t accumulation).
@@ -198,10 +241,13 @@ GELU_EXT_DEFINE_SEGMENT_VARIANT(baseline, , NoStaging)
 GELU_EXT_DEFINE_SEGMENT_VARIANT(avx2, __attribute__((target("avx2,fma,f16c"))), HalfStagingAvx2)
 GELU_EXT_DEFINE_SEGMENT_VARIANT(avx512, __attribute__((target("avx512f,avx512dq,avx512bw,avx512vl,fma,f16c"))),
                                 HalfStagingAvx512)
+GELU_EXT_DEFINE_SEGMENT_VARIANT(avx512bf16, GELU_EXT_AVX512_BF16_TARGET, BFloat16StagingAvx512)  // bfloat16 only
+#undef GELU_EXT_AVX512_BF16_TARGET
 #endif
 #undef GELU_EXT_DEFINE_SEGMENT_VARIANT
 
-enum class CpuCapability { kBaseline, kAvx2, kAvx512 };
+// kAvx512Bf16 is kAvx512 with AVX512-BF16's conversions for bfloat16 storage; every other type runs kAvx512's loops.
+enum class CpuCapability { kBaseline, kAvx2, kAvx512, kAvx512Bf16 };
 
 // The variant in use (csrc/cpu/cpu_capability.cpp): the best the CPU supports, or GELU_EXT_CPU_CAPABILITY.
 CpuCapability capability();
@@ -211,6 +257,11 @@ void segment(int64_t n, const NextSegment<sizeof...(Inputs)>& next, scalar_t* ou
              compute_t<scalar_t>* column_sum, const Inputs*... in) {
   switch (capability()) {
 #if defined(__x86_64__)
+    case CpuCapability::kAvx512Bf16:
+      if constexpr (std::is_same_v<scalar_t, c10::BFloat16>) {
+        return segment_avx512bf16<Op, kColumnSum>(n, next, out0, out1, column_sum, in...);
+      }
+      [[fallthrough]];
     case CpuCapability::kAvx512:
       return segment_avx512<Op, kColumnSum>(n, next, out0, out1, column_sum, in...);
     case CpuCapability::kAvx2:
