@@ -884,7 +884,7 @@ def kernelize(model: nn.Module, *, mode=None, device: str | None = None) -> nn.M
     kernels release (transformers 5.24: 0.18.2 <= kernels < 0.19.0); otherwise its decorators are no-ops and its own
     `model.kernelize()` raises ImportError. This function marks the four classes itself (kernels'
     `replace_kernel_forward_from_hub`, which sets a class attribute) when they are not marked, so it works without
-    transformers' approval of the kernels release (tested with kernels 0.17.2). mode: a kernels.Mode; default
+    transformers' approval of the kernels release (tested with kernels 0.17.2 and 0.19.1). mode: a kernels.Mode; default
     TRAINING or INFERENCE from model.training.
     """
     try:

@@ -559,18 +559,22 @@ def test_kernel_mapping_covers_the_transformers_layer_names_on_cpu_and_cuda():
     assert_bitwise_equal(patching.HubGELUTanh().forward(x), gelu_ext.gelu(x, "tanh"))
 
 
-def test_kernels_register_kernel_mapping_accepts_the_layers_for_cpu_and_cuda():
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+def test_kernels_kernelize_takes_the_layers_for_cpu_and_cuda(device, monkeypatch):
+    # through kernels' public API only (its registry's internals moved in kernels 0.19): a module class marked with a
+    # layer name, kernelized under gelu_ext's mapping alone, runs gelu_ext's layer. kernelize asks CUDA for the device's
+    # compute capability to pick a repository (kept per capability); any capability (here sm_90) gets gelu_ext's, so
+    # the CUDA mapping is checked without a GPU.
     kernels = pytest.importorskip("kernels")
-    from kernels.layer.globals import _KERNEL_MAPPING
-
-    with kernels.use_kernel_mapping(patching.kernel_mapping(), inherit_mapping=False):
-        registered = _KERNEL_MAPPING.get()
-        assert set(registered) == set(patching.HUB_LAYERS)
-        for name, layer in patching.HUB_LAYERS.items():
-            cpu = registered[name]["cpu"].repos
-            # CUDA repositories are kept per compute capability; any capability (here sm_90) gets gelu_ext's
-            cuda = registered[name]["cuda"].repos_by_capability.find_smallest_interval(90)
-            assert cpu[kernels.Mode.FALLBACK].load() is layer and cuda[kernels.Mode.FALLBACK].load() is layer
+    if device == "cuda":
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *args, **kwargs: (9, 0))
+    for name, layer in patching.HUB_LAYERS.items():
+        marked = type(f"Marked{name}", (torch.nn.Module,), {"forward": lambda self, x: x})
+        kernels.replace_kernel_forward_from_hub(marked, name)
+        model = torch.nn.Sequential(marked())
+        with kernels.use_kernel_mapping(patching.kernel_mapping(), inherit_mapping=False):
+            kernels.kernelize(model, mode=kernels.Mode.INFERENCE, device=device)
+        assert model[0].forward.__func__ is layer.forward, (name, device)
 
 
 @pytest.mark.parametrize("act", ["gelu", "gelu_new", "gelu_fast", "gelu_pytorch_tanh"])
